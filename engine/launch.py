@@ -1,0 +1,53 @@
+"""Preparing a run directory and starting the engine process for it. Imports nothing heavy (the console uses it)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterable
+
+from engine.profile_io import dumps, load_profile
+from engine.protocol import RunPaths, create_run_dir, new_run_id
+
+
+def prepare_run(profile_path: str | os.PathLike, overrides: Iterable[str] = (),
+                output_dir: str | None = None) -> RunPaths:
+    """Check a profile and create its run directory with the frozen, fully resolved profile.
+
+    Raises `ProfileError` for a bad profile. The run is named after `run.name`, else the profile's file name.
+    """
+    profile = load_profile(profile_path, overrides)
+    name = profile.run.name or Path(profile_path).stem
+    profile.run.name = name
+    out = output_dir or profile.run.output_dir
+    return create_run_dir(out, new_run_id(name), dumps(profile))
+
+
+def engine_command(run_dir: str | os.PathLike, *, resume: bool = False) -> list[str]:
+    """The command line of the training process for a run directory."""
+    cmd = [sys.executable, "-m", "engine", "train", str(run_dir)]
+    return cmd + (["--resume"] if resume else [])
+
+
+def engine_env() -> dict[str, str]:
+    """Environment for the engine process: unbuffered output, the project importable."""
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def spawn_detached(run_dir: str | os.PathLike, *, resume: bool = False) -> int:
+    """Start the engine in its own session (closing the console or losing SSH does not stop it); returns its pid.
+
+    Its output goes to the run's `engine.log`.
+    """
+    paths = RunPaths(Path(run_dir))
+    with open(paths.log, "ab") as log:
+        proc = subprocess.Popen(engine_command(paths.root, resume=resume), stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, env=engine_env(),
+                                close_fds=True)
+    return proc.pid

@@ -1,0 +1,489 @@
+"""The run-directory protocol shared by the engine and the console.
+
+    runs/<run-id>/
+      profile.toml     the resolved profile, frozen at launch (every key)
+      events.jsonl     append-only event stream, one JSON object a line
+      engine.log       the engine process's stdout/stderr
+      engine.json      who runs the engine: pid, host, uid, start time, heartbeat (rewritten atomically)
+      checkpoints/     orbax checkpoints, one folder per saved step
+      control/         commands to the engine, one JSON file each (written atomically, deleted once handled)
+
+Every event has `v` (schema version), `seq` (0, 1, 2, ... across restarts), `t` (unix time) and `type`.
+Commands are acknowledged by a `control_ack` event carrying the command's id. Only the owner of the run directory
+can send commands: the directory is created private (0700) and the engine ignores command files owned by others.
+Imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA_VERSION = 1
+
+# Event types and the payload keys each carries (besides v, seq, t, type).
+EVENT_TYPES: dict[str, tuple[str, ...]] = {
+    "run_started": ("run_id", "pid", "host", "resumed", "step", "total_steps", "profile"),
+    "status": ("status", "phase", "step", "detail", "progress"),
+    "data_info": ("train", "validation", "test", "dropped", "source"),
+    "step": ("step", "total_steps", "epoch", "metrics", "memory"),
+    "sample": ("step", "prompt", "answer", "completions"),
+    "partial": ("step", "tokens_done", "max_tokens", "texts"),
+    "eval": ("step", "split", "num_questions", "accuracy", "partial_accuracy", "format_accuracy", "preset",
+             "examples"),
+    "checkpoint": ("step", "path", "reason"),
+    "error": ("message", "traceback", "fatal"),
+    "control_ack": ("command", "id", "ok", "message"),
+    "log": ("level", "message"),
+}
+
+# Metric names a "step" event's `metrics` holds (floats; more may be added):
+STEP_METRICS = (
+    "loss", "policy_loss", "kl", "reward_mean", "reward_std", "reward_min", "reward_max",
+    "frac_reward_zero_std", "completion_length_mean", "completion_length_min", "completion_length_max",
+    "truncated_fraction", "clip_fraction", "entropy", "grad_norm", "learning_rate", "tokens_per_s",
+    "time_rollout", "time_rewards", "time_reference", "time_update", "time_step",
+)
+# plus "reward/<function name>" (that function's mean score) for each reward function, and "skipped" (1.0 when
+# the update was skipped for a non-finite loss or gradient). A step event's `memory` is a list of
+# {"device": str, "in_use": bytes, "peak": bytes, "limit": bytes or null} (on the CPU: the process's resident memory).
+# A "sample" event's `completions` are {"text", "rewards": {name: score}, "total", "advantage", "length",
+# "truncated"}; a "partial" event's `texts` are the completions generated so far for the first logged group.
+
+# Lifecycle states carried by "status" events; the last three end a run.
+STATUSES = ("starting", "loading", "compiling", "running", "paused", "checkpointing", "evaluating",
+            "finished", "failed", "stopped")
+FINAL_STATUSES = ("finished", "failed", "stopped")
+# Phases of a training step (the "phase" of a running status).
+PHASES = ("rollout", "rewards", "reference", "update", "metrics")
+COMMANDS = ("pause", "resume", "checkpoint", "stop")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where each part of a run directory lives."""
+    root: Path
+
+    @property
+    def profile(self) -> Path:
+        return self.root / "profile.toml"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events.jsonl"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "engine.log"
+
+    @property
+    def engine(self) -> Path:
+        return self.root / "engine.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def control(self) -> Path:
+        return self.root / "control"
+
+    @property
+    def run_id(self) -> str:
+        return self.root.name
+
+
+def new_run_id(name: str, now: datetime | None = None) -> str:
+    """`YYYYmmdd-HHMMSS-<name>` with the name reduced to safe characters."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-.") or "run"
+    return f"{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}-{safe}"
+
+
+def create_run_dir(output_dir: str | os.PathLike, run_id: str, profile_toml: str) -> RunPaths:
+    """Make a private run directory holding the frozen profile; a clash gets a numeric suffix."""
+    base = Path(output_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    root = base / run_id
+    n = 1
+    while True:
+        try:
+            root.mkdir(mode=0o700)
+            break
+        except FileExistsError:
+            n += 1
+            root = base / f"{run_id}-{n}"
+    paths = RunPaths(root)
+    paths.control.mkdir(mode=0o700)
+    paths.checkpoints.mkdir()
+    atomic_write(paths.profile, profile_toml)
+    return paths
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write a file so that a reader sees the old or the new content, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# events
+
+
+def make_event(type_: str, seq: int, **payload: Any) -> dict[str, Any]:
+    """An event dict with the common header."""
+    if type_ not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {type_!r}; known: {', '.join(EVENT_TYPES)}")
+    return {"v": SCHEMA_VERSION, "seq": seq, "t": time.time(), "type": type_, **payload}
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy scalars and arrays without importing numpy
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
+
+
+class EventWriter:
+    """Appends events to `events.jsonl`; each event is one complete line written with a single write call.
+
+    On open it repairs a torn last line left by a crash (ends it with a newline, so readers skip just that line)
+    and continues the sequence numbers where the stream left off.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, fsync: bool = False):
+        self.path = Path(path)
+        self.fsync = fsync
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.seq = self._repair_and_count()
+
+    def _repair_and_count(self) -> int:
+        size = os.fstat(self._fd).st_size
+        if size == 0:
+            return 0
+        last_seq = -1
+        with open(self.path, "rb") as fh:
+            fh.seek(max(0, size - 65536))
+            tail = fh.read()
+        if not tail.endswith(b"\n"):
+            os.write(self._fd, b"\n")
+        for line in reversed(tail.splitlines()):
+            try:
+                last_seq = int(json.loads(line)["seq"])
+                break
+            except (ValueError, KeyError, TypeError):
+                continue
+        return last_seq + 1
+
+    def emit(self, type_: str, **payload: Any) -> dict[str, Any]:
+        """Write one event; returns it."""
+        event = make_event(type_, self.seq, **payload)
+        line = json.dumps(event, default=_json_default, allow_nan=False, separators=(",", ":")) + "\n"
+        data = line.encode("utf-8")
+        written = os.write(self._fd, data)
+        while written < len(data):  # regular files rarely write short, but never leave a torn line
+            written += os.write(self._fd, data[written:])
+        if self.fsync:
+            os.fsync(self._fd)
+        self.seq += 1
+        return event
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "EventWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def sanitize(value: Any) -> Any:
+    """Replace NaN/inf floats (not valid JSON) by None, recursively."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {k: sanitize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [sanitize(v) for v in value]
+    return value
+
+
+@dataclass
+class EventReader:
+    """Follows an event stream from a byte offset.
+
+    `poll()` returns the complete new events. A partial last line stays unread until its newline arrives; a line
+    that is not a valid event is skipped and counted in `skipped` (the last reason in `last_problem`).
+    """
+    path: Path
+    offset: int = 0
+    skipped: int = 0
+    last_problem: str = ""
+    missing: bool = False
+    _buffer: bytes = field(default=b"", repr=False)
+
+    def poll(self, max_bytes: int = 64 << 20) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if size < self.offset:  # the file was replaced or truncated: start again
+                    self.offset, self._buffer = 0, b""
+                fh.seek(self.offset)
+                chunk = fh.read(max_bytes)
+        except FileNotFoundError:
+            self.missing = True
+            return []
+        except OSError as exc:
+            self.missing = True
+            self.last_problem = str(exc)
+            return []
+        self.missing = False
+        if not chunk:
+            return []
+        self.offset += len(chunk)
+        data = self._buffer + chunk
+        lines = data.split(b"\n")
+        self._buffer = lines.pop()  # b"" when data ended with a newline
+        events = []
+        for raw in lines:
+            ev = self._parse(raw)
+            if ev is not None:
+                events.append(ev)
+        return events
+
+    def _parse(self, raw: bytes) -> dict[str, Any] | None:
+        if not raw.strip():
+            return None
+        try:
+            ev = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            self.skipped += 1
+            self.last_problem = f"not JSON: {raw[:80]!r}"
+            return None
+        if not isinstance(ev, dict) or not isinstance(ev.get("type"), str) or "seq" not in ev:
+            self.skipped += 1
+            self.last_problem = f"not an event: {raw[:80]!r}"
+            return None
+        return ev
+
+
+def read_events(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every complete, valid event of a stream."""
+    return EventReader(Path(path)).poll(max_bytes=1 << 40)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# control channel
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command sent to the engine."""
+    id: str
+    command: str
+    sent: float
+    path: Path
+
+
+def send_command(run_dir: str | os.PathLike, command: str) -> str:
+    """Drop a command file into the run's control folder; returns its id (the ack event carries it)."""
+    if command not in COMMANDS:
+        raise ValueError(f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
+    paths = RunPaths(Path(run_dir))
+    if not paths.control.is_dir():
+        raise FileNotFoundError(f"{paths.root} is not a run directory (no control/ folder)")
+    cid = uuid.uuid4().hex[:12]
+    sent = time.time()
+    atomic_write(paths.control / f"{sent:.6f}-{cid}.json",
+                 json.dumps({"id": cid, "command": command, "sent": sent, "uid": os.getuid()}))
+    return cid
+
+
+def take_commands(run_dir: str | os.PathLike) -> Iterator[Command | str]:
+    """Engine side: yield pending commands in order and remove their files.
+
+    A file that is not a valid command, or is owned by another user, is removed and yielded as a string saying why.
+    """
+    control = RunPaths(Path(run_dir)).control
+    try:
+        names = sorted(n for n in os.listdir(control) if n.endswith(".json") and not n.startswith("."))
+    except FileNotFoundError:
+        return
+    for name in names:
+        path = control / name
+        try:
+            st = path.stat()
+            body = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            _unlink(path)
+            yield f"ignored control file {name}: {exc}"
+            continue
+        _unlink(path)
+        if st.st_uid != os.getuid():
+            yield f"ignored control file {name}: owned by uid {st.st_uid}, not the engine's user"
+            continue
+        cmd = body.get("command") if isinstance(body, dict) else None
+        if cmd not in COMMANDS:
+            yield f"ignored control file {name}: unknown command {cmd!r}"
+            continue
+        yield Command(id=str(body.get("id", name)), command=cmd, sent=float(body.get("sent", 0)), path=path)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# liveness
+
+
+def write_engine_info(run_dir: str | os.PathLike, *, started: float | None = None) -> None:
+    """Engine side: record (or refresh, as a heartbeat) who runs this engine."""
+    paths = RunPaths(Path(run_dir))
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "uid": os.getuid(),
+            "started": started or time.time(), "heartbeat": time.time()}
+    atomic_write(paths.engine, json.dumps(info))
+
+
+def read_engine_info(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    try:
+        return json.loads(RunPaths(Path(run_dir)).engine.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+HEARTBEAT_STALE_S = 30.0
+
+
+def engine_alive(run_dir: str | os.PathLike, *, now: float | None = None) -> bool:
+    """Whether an engine process is running this run (pid check on this host, else a fresh heartbeat)."""
+    info = read_engine_info(run_dir)
+    if not info:
+        return False
+    if info.get("host") == socket.gethostname():
+        pid = int(info.get("pid", 0))
+        if pid <= 0:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return _not_zombie(pid)
+    return (now or time.time()) - float(info.get("heartbeat", 0)) < HEARTBEAT_STALE_S
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# summaries (run listings)
+
+
+@dataclass
+class RunSummary:
+    """What a run listing shows about one run."""
+    run_id: str
+    path: Path
+    name: str = ""
+    profile: str = ""
+    status: str = "unknown"  # a STATUS, or "dead" when the engine vanished without a final status
+    alive: bool = False
+    step: int = 0
+    total_steps: int = 0
+    reward: float | None = None
+    accuracy: float | None = None
+    started: float | None = None
+    last_event: float | None = None
+    error: str = ""
+
+    @property
+    def elapsed(self) -> float:
+        if self.started is None:
+            return 0.0
+        end = time.time() if self.alive else (self.last_event or self.started)
+        return max(0.0, end - self.started)
+
+
+def summarize_run(run_dir: str | os.PathLike, tail_bytes: int = 1 << 20) -> RunSummary:
+    """Summarise a run from the head and tail of its event stream (fast on long runs)."""
+    paths = RunPaths(Path(run_dir))
+    s = RunSummary(run_id=paths.run_id, path=paths.root)
+    try:
+        size = paths.events.stat().st_size
+    except OSError:
+        size = 0
+    events: list[dict[str, Any]] = []
+    if size:
+        with open(paths.events, "rb") as fh:
+            head = fh.readline()
+            fh.seek(max(0, size - tail_bytes))
+            tail = fh.read()
+        reader = EventReader(paths.events)
+        first = reader._parse(head.rstrip(b"\n"))
+        if first:
+            events.append(first)
+        lines = tail.split(b"\n")
+        if size > tail_bytes:
+            lines = lines[1:]  # the first line of the tail may be cut
+        events.extend(e for e in (reader._parse(x) for x in lines) if e)
+    for ev in events:
+        typ = ev.get("type")
+        if typ == "run_started":
+            if s.started is None:
+                s.started = ev.get("t")
+                s.profile = str((ev.get("profile") or ""))
+            s.total_steps = int(ev.get("total_steps") or s.total_steps)
+        elif typ == "status":
+            s.status = ev.get("status", s.status)
+            if ev.get("step") is not None:
+                s.step = int(ev["step"])
+        elif typ == "step":
+            s.step = int(ev.get("step", s.step))
+            s.total_steps = int(ev.get("total_steps") or s.total_steps)
+            reward = (ev.get("metrics") or {}).get("reward_mean")
+            if reward is not None:
+                s.reward = float(reward)
+        elif typ == "eval" and ev.get("accuracy") is not None:
+            s.accuracy = float(ev["accuracy"])
+        elif typ == "error":
+            s.error = str(ev.get("message", ""))
+        s.last_event = ev.get("t", s.last_event)
+    s.name = s.run_id.split("-", 2)[-1] if s.run_id.count("-") >= 2 else s.run_id
+    s.alive = engine_alive(paths.root)
+    if not s.alive and s.status not in FINAL_STATUSES and s.status != "unknown":
+        s.status = "dead"
+    return s
+
+
+def list_runs(output_dir: str | os.PathLike) -> list[RunSummary]:
+    """Every run directory under `output_dir`, newest first."""
+    base = Path(output_dir)
+    if not base.is_dir():
+        return []
+    runs = [summarize_run(d) for d in base.iterdir() if d.is_dir() and (d / "profile.toml").is_file()]
+    return sorted(runs, key=lambda r: (r.started or 0, r.run_id), reverse=True)

@@ -1,0 +1,276 @@
+"""The `tunix-tui` command.
+
+With no sub-command it opens the console. Sub-commands that need the engine (run, resume, generate, eval) hand the
+work to the engine's own process; the others (validate, ls, ctl) use only the light shared modules. Exit codes:
+0 success, 1 the work failed, 2 bad input (profile, arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine.profile_io import ProfileError, dumps, load_profile
+from engine.protocol import COMMANDS, FINAL_STATUSES, EventReader, RunPaths, engine_alive, list_runs, send_command
+
+EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
+
+
+def _fail(msg: str, code: int = EXIT_INPUT) -> int:
+    print(f"tunix-tui: {msg}", file=sys.stderr)
+    return code
+
+
+def _print_problems(err: ProfileError) -> int:
+    print(f"invalid profile ({len(err.problems)} problem{'s' if len(err.problems) != 1 else ''}):", file=sys.stderr)
+    for problem in err.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_INPUT
+
+
+def resolve_run(arg: str, output_dir: str = "runs") -> Path | None:
+    """A run directory from a path or a run id (or unique id prefix / name suffix) under `output_dir`."""
+    p = Path(arg)
+    if (p / "profile.toml").is_file():
+        return p
+    base = Path(output_dir)
+    if (base / arg / "profile.toml").is_file():
+        return base / arg
+    if base.is_dir():
+        hits = sorted(d for d in base.iterdir() if (d / "profile.toml").is_file()
+                      and (d.name.startswith(arg) or d.name.endswith("-" + arg)))
+        if hits:
+            return hits[-1]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        profile = load_profile(args.profile, args.overrides)
+    except ProfileError as err:
+        return _print_problems(err)
+    print(f"{args.profile}: valid")
+    if not args.quiet:
+        print()
+        print(dumps(profile), end="")
+    return EXIT_OK
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    runs = list_runs(args.output_dir)
+    if not runs:
+        print(f"no runs in {args.output_dir}/")
+        return EXIT_OK
+    print(f"{'RUN':<40} {'STATUS':<13} {'STEP':>11} {'REWARD':>8} {'ACC':>6} {'ELAPSED':>9}")
+    for r in runs:
+        step = f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step)
+        reward = f"{r.reward:.3f}" if r.reward is not None else "-"
+        acc = f"{100 * r.accuracy:.1f}%" if r.accuracy is not None else "-"
+        print(f"{r.run_id:<40} {r.status:<13} {step:>11} {reward:>8} {acc:>6} {_hms(r.elapsed):>9}")
+    return EXIT_OK
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.launch import prepare_run, spawn_detached
+    try:
+        paths = prepare_run(args.profile, args.overrides, args.output_dir)
+    except ProfileError as err:
+        return _print_problems(err)
+    pid = spawn_detached(paths.root)
+    print(f"run {paths.run_id} started (engine pid {pid}) in {paths.root}")
+    if args.detach:
+        print(f"follow it with: tunix-tui attach {paths.root}   stop it with: tunix-tui ctl {paths.root} stop")
+        return EXIT_OK
+    return follow(paths.root)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from engine.launch import spawn_detached
+    run = resolve_run(args.run, args.output_dir)
+    if run is None:
+        return _fail(f"no run {args.run!r} (give a run directory or an id under {args.output_dir}/)")
+    if engine_alive(run):
+        return _fail(f"run {run.name} is still running; attach to it with: tunix-tui attach {run}", EXIT_FAIL)
+    pid = spawn_detached(run, resume=True)
+    print(f"run {run.name} resuming (engine pid {pid})")
+    return EXIT_OK if args.detach else follow(run)
+
+
+def follow(run_dir: Path) -> int:
+    """Print one compact line per event of interest until the run ends. Ctrl-C asks the engine to stop
+    (it checkpoints first); a second Ctrl-C leaves it running in the background."""
+    from tunix_tui.progress import format_event
+    reader = EventReader(RunPaths(run_dir).events)
+    stop_sent = False
+    last_alive_check = time.monotonic()
+    status = ""
+
+    def on_sigint(signum: int, frame: object) -> None:
+        nonlocal stop_sent
+        if stop_sent:
+            print(f"\nleaving the engine running; it writes to {run_dir}", flush=True)
+            raise SystemExit(EXIT_OK)
+        stop_sent = True
+        send_command(run_dir, "stop")
+        print("\nstop sent: the engine saves a checkpoint and exits (Ctrl-C again to leave it running)", flush=True)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    while True:
+        for ev in reader.poll():
+            line = format_event(ev)
+            if line:
+                print(line, flush=True)
+            if ev.get("type") == "status":
+                status = ev.get("status", status)
+        if status in FINAL_STATUSES:
+            return EXIT_OK if status in ("finished", "stopped") else EXIT_FAIL
+        if time.monotonic() - last_alive_check > 2.0:
+            last_alive_check = time.monotonic()
+            if not engine_alive(run_dir):
+                time.sleep(0.5)
+                for ev in reader.poll():
+                    line = format_event(ev)
+                    if line:
+                        print(line, flush=True)
+                    if ev.get("type") == "status":
+                        status = ev.get("status", status)
+                if status in FINAL_STATUSES:
+                    return EXIT_OK if status in ("finished", "stopped") else EXIT_FAIL
+                print(f"the engine process ended without a final status; see {RunPaths(run_dir).log}",
+                      file=sys.stderr)
+                return EXIT_FAIL
+        time.sleep(0.2)
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    run = resolve_run(args.run, args.output_dir)
+    if run is None:
+        return _fail(f"no run {args.run!r} (give a run directory or an id under {args.output_dir}/)")
+    if not engine_alive(run):
+        return _fail(f"run {run.name} has no live engine; to continue it: tunix-tui resume {run}", EXIT_FAIL)
+    reader = EventReader(RunPaths(run).events)
+    reader.poll(max_bytes=1 << 40)  # skip history
+    cid = send_command(run, args.command)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        for ev in reader.poll():
+            if ev.get("type") == "control_ack" and ev.get("id") == cid:
+                ok = bool(ev.get("ok", True))
+                print(f"{args.command}: {'acknowledged' if ok else 'refused'}"
+                      + (f" ({ev['message']})" if ev.get("message") else ""))
+                return EXIT_OK if ok else EXIT_FAIL
+        if not engine_alive(run):
+            return _fail("the engine exited before acknowledging", EXIT_FAIL)
+        time.sleep(0.1)
+    return _fail(f"no acknowledgement within {args.timeout:g} s (the command stays queued)", EXIT_FAIL)
+
+
+def _engine(argv: list[str]) -> int:
+    """Run an engine command in its own process, in the foreground."""
+    from engine.launch import engine_env
+    try:
+        return subprocess.call([sys.executable, "-m", "engine", *argv], env=engine_env())
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_generate(args: argparse.Namespace, rest: list[str]) -> int:
+    return _engine(["generate", *rest])
+
+
+def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
+    return _engine(["eval", *rest])
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from tunix_tui.app import TunixApp
+    attach = None
+    if getattr(args, "run", None):
+        attach = resolve_run(args.run, args.output_dir)
+        if attach is None:
+            return _fail(f"no run {args.run!r} (give a run directory or an id under {args.output_dir}/)")
+    app = TunixApp(profiles_dir=Path(args.profiles_dir), runs_dir=Path(args.output_dir), attach=attach,
+                   profile=Path(args.profile) if getattr(args, "profile", None) else None)
+    app.run()
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunix-tui", description="A console for GRPO fine-tuning of Gemma 3 with LoRA. With no command it "
+        "opens the console.")
+    parser.add_argument("--profiles-dir", default="profiles", help="folder of profiles shown in the console")
+    parser.add_argument("--output-dir", default="runs", help="folder of run directories (default: runs)")
+    parser.add_argument("--profile", help="open the console on this profile's editor")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check a profile and print it resolved")
+    p.add_argument("profile", help="a .toml profile")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.beta=0.04")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the verdict")
+
+    sub.add_parser("ls", help="list runs with their status")
+
+    p = sub.add_parser("run", help="start a training run (headless: one line per step)")
+    p.add_argument("profile")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. training.micro_batch_size=1")
+    p.add_argument("--detach", action="store_true", help="return at once; the engine runs in the background")
+
+    p = sub.add_parser("resume", help="continue a stopped or failed run from its latest checkpoint")
+    p.add_argument("run", help="run directory or run id")
+    p.add_argument("--detach", action="store_true")
+
+    p = sub.add_parser("ctl", help="send a command to a live run and wait for its acknowledgement")
+    p.add_argument("run", help="run directory or run id")
+    p.add_argument("command", choices=COMMANDS)
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the acknowledgement")
+
+    p = sub.add_parser("attach", help="open the console on a run's dashboard")
+    p.add_argument("run", help="run directory or run id")
+
+    sub.add_parser("generate", help="complete a prompt with a profile's or run's model (see: generate --help)",
+                   add_help=False)
+    sub.add_parser("eval", help="evaluate a run's checkpoint (see: eval --help)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # generate/eval take the engine's own arguments verbatim
+    for name, fn in (("generate", cmd_generate), ("eval", cmd_eval)):
+        if name in argv:
+            idx = argv.index(name)
+            if all(a.startswith("-") or argv[i - 1] in ("--profiles-dir", "--output-dir", "--profile")
+                   for i, a in enumerate(argv[:idx])):
+                args = parser.parse_args(argv[:idx])
+                return fn(args, argv[idx + 1:])
+    args = parser.parse_args(argv)
+    handlers = {"validate": cmd_validate, "ls": cmd_ls, "run": cmd_run, "resume": cmd_resume, "ctl": cmd_ctl,
+                "attach": cmd_console, None: cmd_console}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os._exit(EXIT_OK)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
