@@ -237,14 +237,14 @@ class EventReader:
     missing: bool = False
     _buffer: bytes = field(default=b"", repr=False)
 
-    def poll(self, max_bytes: int = 64 << 20) -> list[dict[str, Any]]:
+    def poll(self, max_bytes: int | None = 64 << 20) -> list[dict[str, Any]]:
         try:
             with open(self.path, "rb") as fh:
                 size = os.fstat(fh.fileno()).st_size
                 if size < self.offset:  # the file was replaced or truncated: start again
                     self.offset, self._buffer = 0, b""
                 fh.seek(self.offset)
-                chunk = fh.read(max_bytes)
+                chunk = fh.read() if max_bytes is None else fh.read(max_bytes)
         except FileNotFoundError:
             self.missing = True
             return []
@@ -284,7 +284,7 @@ class EventReader:
 
 def read_events(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Every complete, valid event of a stream."""
-    return EventReader(Path(path)).poll(max_bytes=1 << 40)
+    return EventReader(Path(path)).poll(max_bytes=None)
 
 
 # ---------------------------------------------------------------------------------------------------------------

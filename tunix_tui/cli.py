@@ -162,7 +162,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     if not engine_alive(run):
         return _fail(f"run {run.name} has no live engine; to continue it: tunix-tui resume {run}", EXIT_FAIL)
     reader = EventReader(RunPaths(run).events)
-    reader.poll(max_bytes=1 << 40)  # skip history
+    reader.poll(max_bytes=None)  # skip history
     cid = send_command(run, args.command)
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
