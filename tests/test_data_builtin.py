@@ -1,0 +1,70 @@
+"""The built-in word-problem generator."""
+
+import re
+
+import pytest
+
+from engine.data import final_answer, generate_problems, load_data
+
+CALC = re.compile(r"<<(\d+)([-+*/])(\d+)=(-?\d+)>>")
+
+
+def _apply(a: int, op: str, b: int) -> int:
+    return {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 3, 4, 5])
+def test_problems_are_exact_and_in_gsm8k_format(difficulty):
+    problems = generate_problems(300, seed=7, difficulty=difficulty)
+    assert len(problems) == 300
+    assert len({p.question for p in problems}) == 300
+    for p in problems:
+        assert p.answer_text.splitlines()[-1] == f"#### {p.answer}"
+        assert final_answer(p.answer_text) == p.answer
+        assert int(p.answer) >= 1
+        steps = CALC.findall(p.answer_text)
+        assert steps, p.answer_text
+        for a, op, b, result in steps:
+            if op == "/":
+                assert int(a) % int(b) == 0, p.answer_text  # divisions are exact
+            assert _apply(int(a), op, int(b)) == int(result), p.answer_text
+        assert int(steps[-1][3]) == int(p.answer)
+        assert steps[0][0] in p.question  # the chain starts from a number stated in the question
+        assert p.question.endswith("?")
+
+
+def test_deterministic_by_seed_and_difficulty():
+    a = generate_problems(50, seed=1, difficulty=3)
+    assert a == generate_problems(50, seed=1, difficulty=3)
+    assert a != generate_problems(50, seed=2, difficulty=3)
+    assert a != generate_problems(50, seed=1, difficulty=4)
+    assert [p.id for p in a[:3]] == ["builtin-0", "builtin-1", "builtin-2"]
+
+
+def test_difficulty_controls_steps_and_sizes():
+    def stats(difficulty):
+        problems = generate_problems(300, seed=3, difficulty=difficulty)
+        steps = sum(len(CALC.findall(p.answer_text)) for p in problems) / len(problems)
+        start = sum(int(CALC.findall(p.answer_text)[0][0]) for p in problems) / len(problems)
+        return steps, start
+
+    (steps1, start1), (steps3, start3), (steps5, start5) = stats(1), stats(3), stats(5)
+    assert steps1 == 1.0
+    assert steps1 < steps3 < steps5
+    assert start1 < start3 < start5
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="difficulty"):
+        generate_problems(3, seed=0, difficulty=6)
+    with pytest.raises(ValueError, match="size"):
+        generate_problems(-1, seed=0)
+
+
+def test_builtin_source_splits():
+    splits = load_data("builtin", builtin_size=200, builtin_difficulty=2, test_fraction=0.1, val_fraction=0.05,
+                       seed=11)
+    assert splits.sizes() == {"train": 171, "validation": 9, "test": 20}
+    questions = [e.question for s in (splits.train, splits.validation, splits.test) for e in s]
+    assert len(set(questions)) == 200
+    assert splits.dropped == {}
