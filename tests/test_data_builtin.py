@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from engine.data import final_answer, generate_problems, load_data
+from engine.data import DataSourceError, final_answer, generate_problems, load_data
 
 CALC = re.compile(r"<<(\d+)([-+*/])(\d+)=(-?\d+)>>")
 
@@ -59,6 +59,8 @@ def test_invalid_arguments():
         generate_problems(3, seed=0, difficulty=6)
     with pytest.raises(ValueError, match="size"):
         generate_problems(-1, seed=0)
+    with pytest.raises(DataSourceError, match="builtin_size"):
+        load_data("builtin", builtin_size=0)
 
 
 def test_builtin_source_splits():

@@ -35,6 +35,8 @@ def load_source(source: str, *, path: str | None = None, base_dir: str | Path | 
     Raises DataSourceError (message: which source, why, what to use instead) when it cannot be read.
     """
     if source == "builtin":
+        if builtin_size < 1:
+            raise DataSourceError(f"builtin data: data.builtin_size must be >= 1, got {builtin_size}")
         examples = generate_problems(builtin_size, seed=seed, difficulty=builtin_difficulty)
         return SourceData(train=examples, test=None, dropped={},
                           description=f"builtin word problems (difficulty {builtin_difficulty}, {builtin_size})")
