@@ -64,9 +64,13 @@ def test_invalid_arguments():
 
 
 def test_builtin_source_splits():
-    splits = load_data("builtin", builtin_size=200, builtin_difficulty=2, test_fraction=0.1, val_fraction=0.05,
-                       seed=11)
-    assert splits.sizes() == {"train": 171, "validation": 9, "test": 20}
+    splits = load_data("builtin", builtin_size=200, builtin_difficulty=2, val_fraction=0.05, seed=11)
+    assert splits.sizes() == {"train": 190, "validation": 10, "test": 20}   # test: a tenth of builtin_size, extra
     questions = [e.question for s in (splits.train, splits.validation, splits.test) for e in s]
-    assert len(set(questions)) == 200
+    assert len(set(questions)) == 220
     assert splits.dropped == {}
+    assert [e.id for e in splits.test[:2]] == ["builtin-200", "builtin-201"]
+    assert load_data("builtin", builtin_size=30, builtin_test_size=7, seed=1).sizes()["test"] == 7
+    # The training problems do not depend on the test size.
+    a = load_data("builtin", builtin_size=30, builtin_test_size=7, seed=1, shuffle=False).train
+    assert a == load_data("builtin", builtin_size=30, builtin_test_size=2, seed=1, shuffle=False).train

@@ -29,17 +29,24 @@ def _from_rows(raw: dict[str, list[dict[str, Any]]], *, question_field: str, ans
 def load_source(source: str, *, path: str | None = None, base_dir: str | Path | None = None,
                 hf_dataset: str = "openai/gsm8k", hf_config: str | None = "main", kaggle_handle: str | None = None,
                 question_field: str = "question", answer_field: str = "answer", builtin_size: int = 1000,
-                builtin_difficulty: int = 2, seed: int = 42, timeout: float = 5.0) -> SourceData:
+                builtin_difficulty: int = 2, builtin_test_size: int | None = None, seed: int = 42,
+                timeout: float = 5.0) -> SourceData:
     """Read one source ("builtin" | "huggingface" | "kaggle" | "local") into Examples.
 
+    The builtin source generates `builtin_size` training problems plus a test split of `builtin_test_size`
+    different problems (default: a tenth of `builtin_size`, at least 1).
     Raises DataSourceError (message: which source, why, what to use instead) when it cannot be read.
     """
     if source == "builtin":
         if builtin_size < 1:
             raise DataSourceError(f"builtin data: data.builtin_size must be >= 1, got {builtin_size}")
-        examples = generate_problems(builtin_size, seed=seed, difficulty=builtin_difficulty)
-        return SourceData(train=examples, test=None, dropped={},
-                          description=f"builtin word problems (difficulty {builtin_difficulty}, {builtin_size})")
+        n_test = max(1, builtin_size // 10) if builtin_test_size is None else builtin_test_size
+        if n_test < 0:
+            raise DataSourceError(f"builtin data: the test size must be >= 0, got {n_test}")
+        examples = generate_problems(builtin_size + n_test, seed=seed, difficulty=builtin_difficulty)
+        return SourceData(train=examples[:builtin_size], test=examples[builtin_size:], dropped={},
+                          description=f"builtin word problems (difficulty {builtin_difficulty}, {builtin_size} train, "
+                                      f"{n_test} test)")
     if source == "local":
         if not path:
             raise DataSourceError('local data: data.path is empty; set it to a file or folder, e.g. '
