@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
+from engine.config import Profile
 from engine.profile_io import dumps, load_profile
 from engine.protocol import RunPaths, create_run_dir, new_run_id
 
@@ -19,10 +20,35 @@ def prepare_run(profile_path: str | os.PathLike, overrides: Iterable[str] = (),
     Raises `ProfileError` for a bad profile. The run is named after `run.name`, else the profile's file name.
     """
     profile = load_profile(profile_path, overrides)
+    freeze_paths(profile, Path(profile_path).resolve().parent)
     name = profile.run.name or Path(profile_path).stem
     profile.run.name = name
     out = output_dir or profile.run.output_dir
     return create_run_dir(out, new_run_id(name), dumps(profile))
+
+
+def _absolute(path: str, base: Path) -> str:
+    """`path` made absolute when it names something beside the profile or in the working directory."""
+    if not path or os.path.isabs(path):
+        return path
+    for root in (Path.cwd(), base):
+        if (root / path).exists():
+            return str((root / path).resolve())
+    return path
+
+
+def freeze_paths(profile: Profile, base: Path) -> None:
+    """Make the profile's file paths absolute, so the frozen copy in the run directory still finds them."""
+    profile.data.path = _absolute(profile.data.path, base)
+    profile.model.weight_path = _absolute(profile.model.weight_path, base)
+    profile.model.tokenizer_path = _absolute(profile.model.tokenizer_path, base)
+    fns = []
+    for fn in profile.rewards.functions:
+        if ":" in fn:
+            file, _, name = fn.partition(":")
+            fn = f"{_absolute(file, base)}:{name}"
+        fns.append(fn)
+    profile.rewards.functions = fns
 
 
 def engine_command(run_dir: str | os.PathLike, *, resume: bool = False) -> list[str]:
