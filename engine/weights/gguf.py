@@ -100,6 +100,7 @@ def read_facts(reader: Any, origin: str) -> CheckpointFacts:
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     scale_type = _field(reader, a + "rope.scaling.type")
     scale = _field(reader, a + "rope.scaling.factor")
+    pattern = _field(reader, a + "attention.sliding_window_pattern")
     return CheckpointFacts(
         vocab_size=len(tokens.data) if tokens is not None else None,
         embed_dim=_field(reader, a + "embedding_length"),
@@ -109,8 +110,10 @@ def read_facts(reader: Any, origin: str) -> CheckpointFacts:
         num_kv_heads=_field(reader, a + "attention.head_count_kv"),
         head_dim=_field(reader, a + "attention.key_length"),
         sliding_window=_field(reader, a + "attention.sliding_window"),
+        local_rope_base=_field(reader, a + "rope.freq_base_swa"),
         global_rope_base=_field(reader, a + "rope.freq_base"),
-        global_rope_scale=(float(scale) if scale and scale_type not in (None, "none") else 1.0),
+        global_rope_scale=(float(scale) if scale and scale_type != "none" else 1.0),
+        global_every=pattern if isinstance(pattern, int) and not isinstance(pattern, bool) else None,
     )
 
 
