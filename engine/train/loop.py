@@ -1,0 +1,534 @@
+"""The GRPO training process: load, (restore,) then per step rollout -> rewards -> reference -> update(s) ->
+metrics, with evaluation and checkpoints on their cadence, and live control between phases.
+
+`Trainer(run_dir).run()` does a whole run and returns the process exit code (0 finished or stopped, 1 failed).
+Everything the console needs goes to RUN_DIR/events.jsonl; nothing is written outside the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.config import Profile
+from engine.profile_io import load_profile, profile_fingerprint, to_dict
+from engine.protocol import RunPaths
+from engine.train.control import Controller, Pending
+from engine.train.events import RunLog
+from engine.train.process import Heartbeat, StopSignal
+
+log = logging.getLogger("engine")
+
+HOOKS_ENV = "TUNIX_TUI_TEST_HOOKS"
+
+
+@dataclass
+class TestHooks:
+    """Test-only levers (never profile keys). From the environment: TUNIX_TUI_TEST_HOOKS='{"nan_steps": [2]}'."""
+    advantage_sign: float = 1.0            # -1 teaches the opposite of the rewards (a run that must not learn)
+    nan_steps: frozenset[int] = frozenset()  # steps whose loss is multiplied by NaN
+    step_sleep: float = 0.0                # seconds to wait at the start of each step (control tests)
+    rewards: list[Any] | None = None       # NamedReward list replacing the profile's (in-process tests)
+
+    @classmethod
+    def from_env(cls) -> "TestHooks":
+        raw = os.environ.get(HOOKS_ENV, "")
+        if not raw:
+            return cls()
+        data = json.loads(raw)
+        return cls(advantage_sign=float(data.get("advantage_sign", 1.0)),
+                   nan_steps=frozenset(int(s) for s in data.get("nan_steps", ())),
+                   step_sleep=float(data.get("step_sleep", 0.0)))
+
+
+class StopRun(Exception):
+    """Raised at a phase boundary when the run must stop (command or signal)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class TrainState:
+    """The committed state: what a checkpoint holds. Replaced as a whole after each update."""
+    step: int
+    lora: Any
+    opt_state: Any
+    data_position: dict[str, int]
+    updates: int = 0
+    nonfinite_in_row: int = 0
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The sampling seed of a step: a pure function of (run seed, step), so a resumed run samples the same."""
+    return int(np.random.SeedSequence([int(seed), int(step)]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+@dataclass
+class Timer:
+    """Wall-clock seconds per phase of one step."""
+    times: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.times[name] = self.times.get(name, 0.0) + seconds
+
+
+class Trainer:
+    """One training process for one run directory."""
+
+    def __init__(self, run_dir: str | Path, *, resume: bool = False, hooks: TestHooks | None = None,
+                 install_signals: bool = True, heartbeat_interval: float = 2.0):
+        self.paths = RunPaths(Path(run_dir))
+        self.resume = resume
+        self.hooks = hooks or TestHooks()
+        self.install_signals = install_signals
+        self.heartbeat_interval = heartbeat_interval
+        self.log = RunLog(self.paths.events)
+        self.signals = StopSignal()
+        self.control = Controller(self.paths.root, self.log, signal_stop=lambda: self.signals.requested)
+        self.profile: Profile | None = None
+        self.state: TrainState | None = None
+        self.store: Any = None
+        self.wandb: Any = None
+        self._saved_step: int | None = None
+        self._compiled: set[str] = set()
+        self.total_steps = 0
+        self.history: list[dict[str, Any]] = []   # step metrics of this process (tests read them)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # entry point
+
+    def run(self) -> int:
+        """Do the run; returns the exit code. Never raises (an error is an event plus exit code 1)."""
+        heartbeat = Heartbeat(self.paths.root, self.heartbeat_interval).start()
+        if self.install_signals:
+            self.signals.install()
+        try:
+            self.log.status("starting", detail="resuming" if self.resume else "")
+            self._setup()
+            self._train()
+            self._finish()
+            self.log.status("finished", step=self.state.step if self.state else 0)
+            return 0
+        except StopRun as stop:
+            self._save("stop", detail=stop.reason)
+            self.log.status("stopped", step=self.state.step if self.state else 0, detail=stop.reason)
+            return 0
+        except SystemExit:  # a second stop signal: leave at once, without a checkpoint
+            self.log.status("stopped", step=self.state.step if self.state else 0,
+                            detail="second signal: exited without a checkpoint")
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every failure is reported, KeyboardInterrupt included
+            self._fail(exc)
+            return 1
+        finally:
+            if self.wandb is not None:
+                self.wandb.finish()
+            if self.store is not None:
+                try:
+                    self.store.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            if self.install_signals:
+                self.signals.uninstall()
+            heartbeat.stop()
+            self.log.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        from engine.train.checkpoints import IncompatibleCheckpoint
+
+        if isinstance(exc, IncompatibleCheckpoint):
+            message = f"cannot resume from the checkpoint: {exc}"
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+        self.log.error(message, exc=None if isinstance(exc, IncompatibleCheckpoint) else exc, fatal=True)
+        if not isinstance(exc, IncompatibleCheckpoint):
+            try:  # keep what was learnt since the last checkpoint, if it is sound
+                self._save("error")
+            except Exception as save_exc:  # noqa: BLE001
+                self.log.info(f"could not save the state after the error: {save_exc}", level="warning")
+        self.log.status("failed", step=self.state.step if self.state else 0, detail=message[:300])
+
+    # ------------------------------------------------------------------------------------------------------------
+    # set-up
+
+    def _setup(self) -> None:
+        self.log.status("loading", detail="profile")
+        profile = self.profile = load_profile(self.paths.profile)
+        self._configure_jax()
+        self.fingerprint = profile_fingerprint(profile)
+        from engine.train.checkpoints import CheckpointStore
+
+        self.store = CheckpointStore(self.paths.checkpoints, max_to_keep=profile.training.max_checkpoints_to_keep)
+        resume_step = self.store.latest_step() if self.resume else None
+        if self.resume:
+            if resume_step is None:
+                self.log.info("no checkpoint to resume from: starting at step 0", level="warning")
+            else:  # refuse an incompatible profile before the slow loading
+                from engine.train.checkpoints import IncompatibleCheckpoint, fingerprint_differences
+
+                diffs = fingerprint_differences(self.store.read_meta(resume_step).get("fingerprint", {}),
+                                                self.fingerprint)
+                if diffs:
+                    raise IncompatibleCheckpoint(diffs)
+        self._load_data(profile)
+        self._load_model(profile)
+        self._build_training(profile)
+        if resume_step is not None:
+            self._restore(resume_step)
+        self.log.emit("run_started", run_id=self.paths.run_id, pid=os.getpid(), host=os.uname().nodename,
+                      resumed=resume_step is not None, step=self.state.step, total_steps=self.total_steps,
+                      profile=str(self.paths.profile))
+        self._start_wandb(profile, resumed=resume_step is not None)
+
+    def _configure_jax(self) -> None:
+        from engine.train.setup import configure_compile_cache
+
+        configure_compile_cache(self.paths.root / ".jax_cache")
+
+    def _load_data(self, p: Profile) -> None:
+        from engine.data import BatchIterator
+        from engine.train.setup import load_splits
+
+        d = p.data
+        self.log.status("loading", detail=f"data ({d.source})")
+        splits = self.splits = load_splits(p)
+        self.log.emit("data_info", source=splits.description, dropped=splits.total_dropped, **splits.sizes())
+        if splits.total_dropped:
+            self.log.info(f"{splits.total_dropped} rows without a usable answer were dropped "
+                          f"({', '.join(f'{k}: {v}' for k, v in splits.dropped.items() if v)})", level="warning")
+        self.iterator = BatchIterator(splits.train, p.training.micro_batch_size, seed=p.run.seed, shuffle=d.shuffle,
+                                      epochs=p.training.num_epochs, num_batches_cap=p.training.num_batches)
+        self.total_steps = self.iterator.total_steps
+        if self.total_steps == 0:
+            raise ValueError(f"the training split has {len(splits.train)} examples, fewer than one batch of "
+                             f"training.micro_batch_size = {p.training.micro_batch_size}")
+        self.per_epoch = self.total_steps // max(p.training.num_epochs, 1)
+
+    def _load_model(self, p: Profile) -> None:
+        from engine.train.setup import load_policy
+
+        self.log.status("loading", detail=f"model {p.model.model_size} from {p.model.weight_source}")
+        last = [0.0]
+
+        def progress(message: str) -> None:
+            if time.monotonic() - last[0] > 0.5:
+                last[0] = time.monotonic()
+                self.log.status("loading", detail=f"model: {message}", force=True)
+            log.info("model: %s", message)
+
+        self.model, self.tokenizer = load_policy(p, progress)
+
+    def _build_training(self, p: Profile) -> None:
+        from flax import nnx
+
+        from engine.rewards import resolve_rewards
+        from engine.sampler import Sampler
+        from engine.train.optim import learning_rate_schedule, make_optimizer
+        from engine.train.step import LossSettings, Phases
+        from engine.train.text import PromptEncoder
+
+        g = p.generation
+        self.eos_ids = list(g.eos_tokens)
+        self.rewards = self.hooks.rewards or resolve_rewards(p.rewards.functions, p.rewards.weights or None,
+                                                             base_dir=self.paths.root)
+        self.encoder = PromptEncoder(self.tokenizer, p.prompt.instructions, g.max_prompt_length)
+        self.log.status("loading", detail="tokenizing prompts")
+        train = self.splits.train
+        self.prompt_width = self.encoder.width(train)
+        self.sampler = Sampler(self.model, self.tokenizer, eos_ids=self.eos_ids, max_prompt_length=g.max_prompt_length,
+                               max_new_tokens=g.max_generation_steps, min_prompt_bucket=self.encoder.bucket(train))
+        n_updates = self.total_steps * p.grpo.num_iterations
+        self.schedule = learning_rate_schedule(p.optimizer, n_updates)
+        self.optimizer = make_optimizer(p.optimizer, n_updates)
+        self.phases = Phases(self.model, self.optimizer, LossSettings.from_profile(p))
+        _, lora, _ = nnx.split(self.model, nnx.LoRAParam, ...)
+        self.state = TrainState(step=0, lora=lora, opt_state=self.optimizer.init(lora),
+                                data_position=self.iterator.state_dict())
+        self._eval_sampler: Any = None
+
+    def _restore(self, step: int) -> None:
+        from flax import nnx
+
+        self.log.status("loading", detail=f"checkpoint of step {step}")
+        restored = self.store.restore(self.state.lora, self.state.opt_state, step=step, fingerprint=self.fingerprint)
+        import jax.numpy as jnp
+        import jax
+
+        lora = jax.tree.map(jnp.asarray, restored.lora)
+        opt_state = jax.tree.map(jnp.asarray, restored.opt_state)
+        nnx.update(self.model, lora)
+        meta = restored.meta
+        self.iterator.load_state_dict(meta["data"])
+        self.state = TrainState(step=restored.step, lora=lora, opt_state=opt_state,
+                                data_position=self.iterator.state_dict(), updates=int(meta.get("updates", 0)),
+                                nonfinite_in_row=int(meta.get("nonfinite_in_row", 0)))
+        self._saved_step = restored.step
+        self.log.info(f"resumed from the checkpoint of step {restored.step}")
+
+    def _start_wandb(self, p: Profile, *, resumed: bool) -> None:
+        from engine.train.wandb_log import WandbLogger, resolve_mode
+
+        mode = resolve_mode(p.logging.wandb_mode)
+        if p.logging.wandb_mode == "auto" and mode == "disabled":
+            log.info("W&B disabled (auto: no key configured)")
+        self.wandb = WandbLogger(mode, project=p.run.project_name, run_name=self.paths.run_id,
+                                 run_dir=self.paths.root, config=to_dict(p), resume=resumed,
+                                 on_problem=lambda msg: self.log.info(msg, level="warning"))
+
+    # ------------------------------------------------------------------------------------------------------------
+    # control between phases
+
+    def _boundary(self) -> None:
+        step = self.state.step if self.state else 0
+
+        def serve(pending: Pending) -> bool:  # a checkpoint requested while paused
+            self._save("request")
+            return True
+
+        pending = self.control.boundary(step=step, on_pending=serve)
+        if pending.checkpoint:
+            self._save("request")
+        if pending.stop:
+            raise StopRun(pending.stop)
+
+    def _enter(self, phase: str, step: int, compiles: str | None = None) -> None:
+        """A phase boundary: handle control, then announce the phase (as `compiling` on a program's first use)."""
+        self._boundary()
+        if compiles and compiles not in self._compiled:
+            self._compiled.add(compiles)
+            self.log.status("compiling", phase=phase, step=step, detail=f"{compiles} (first use)")
+        else:
+            self.log.status("running", phase=phase, step=step)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # checkpoints
+
+    def _save(self, reason: str, detail: str = "") -> None:
+        """Save the committed state (once per step), then a `checkpoint` event."""
+        if self.state is None or self.store is None:
+            return
+        step = self.state.step
+        path = self.store.path(step)
+        if self._saved_step == step and reason in ("error", "final"):
+            return  # nothing new since the last checkpoint
+        if self._saved_step != step:
+            from engine.train.checkpoints import all_finite
+
+            if not (all_finite(self.state.lora) and all_finite(self.state.opt_state)):
+                self.log.info(f"step {step}: the state is not finite; no checkpoint written", level="error")
+                return
+            previous = (self.log.status_now, self.log.phase_now)
+            self.log.status("checkpointing", step=step, detail=reason)
+            meta = {"fingerprint": self.fingerprint, "data": self.state.data_position,
+                    "rng": {"seed": self.profile.run.seed, "scheme": "sampling seed = SeedSequence([seed, step])"},
+                    "updates": self.state.updates, "nonfinite_in_row": self.state.nonfinite_in_row,
+                    "total_steps": self.total_steps, "reason": reason}
+            path = self.store.save(step, self.state.lora, self.state.opt_state, meta)
+            self._saved_step = step
+            if previous[0] and previous[0] not in ("checkpointing",) and reason not in ("stop", "error", "final"):
+                self.log.status(previous[0], phase=previous[1], step=step)
+        self.log.emit("checkpoint", step=step, path=str(path), reason=reason, **({"detail": detail} if detail else {}))
+
+    # ------------------------------------------------------------------------------------------------------------
+    # training
+
+    def _train(self) -> None:
+        p = self.profile
+        if p.eval.baseline and self.state.step == 0 and not self.resume:
+            self._evaluate("test", p.eval.final_num_questions, step=0)
+        while self.state.step < self.total_steps:
+            self._step(self.state.step + 1)
+
+    def _step(self, step: int) -> None:
+        import jax.numpy as jnp  # noqa: F401 - jax is loaded by now
+
+        from engine.rewards import score_all
+        from engine.train.metrics import length_metrics, mean_update_metrics, reward_metrics, sample_groups
+        from engine.train.step import SequenceBatch, left_pad
+        from engine.train.text import decode_completions
+
+        p = self.profile
+        G = p.grpo.num_generations
+        timer = Timer()
+        t_step = time.perf_counter()
+        if self.hooks.step_sleep:
+            self._boundary()
+            time.sleep(self.hooks.step_sleep)
+
+        # rollout ------------------------------------------------------------------------------------------------
+        self._enter("rollout", step, compiles="sampler")
+        t0 = time.perf_counter()
+        examples = next(self.iterator)
+        position = self.iterator.state_dict()
+        prompt_ids = [self.encoder.ids(e) for e in examples for _ in range(G)]
+        on_partial = self._partial_callback(step, G) if p.logging.samples_per_step > 0 else None
+        out = self.sampler(prompt_ids, temperature=p.generation.temperature, top_k=p.generation.top_k,
+                           top_p=p.generation.top_p, seed=step_seed(p.run.seed, step), on_partial=on_partial,
+                           partial_every=max(p.generation.partial_every, 1))
+        texts = decode_completions(self.tokenizer, out.tokens, out.lengths, self.eos_ids)
+        timer.add("rollout", time.perf_counter() - t0)
+
+        # rewards ------------------------------------------------------------------------------------------------
+        self._enter("rewards", step)
+        t0 = time.perf_counter()
+        prompts_text = [self.encoder.text(e) for e in examples for _ in range(G)]
+        answers = [e.answer for e in examples for _ in range(G)]
+        scores = score_all(self.rewards, prompts_text, texts, answers)
+        advantages = self._advantages(scores.total, G, p) * self.hooks.advantage_sign
+        timer.add("rewards", time.perf_counter() - t0)
+
+        # reference (and old policy) log-probabilities ----------------------------------------------------------
+        prompt_tokens, prompt_valid = left_pad(prompt_ids, self.prompt_width, self.tokenizer.pad_id)
+        C = out.tokens.shape[1]
+        mask = (np.arange(C)[None, :] < out.lengths[:, None]).astype(np.float32)
+        batch = SequenceBatch(prompt_tokens, prompt_valid, out.tokens.astype(np.int32), mask)
+        ref_logp = old_logp = None
+        if p.grpo.beta != 0 or p.grpo.num_iterations > 1:
+            self._enter("reference", step, compiles="log-probabilities")
+            t0 = time.perf_counter()
+            if p.grpo.beta != 0:
+                ref_logp = self.phases.reference_logprobs(batch)
+            if p.grpo.num_iterations > 1:
+                old_logp = self.phases.logprobs(self.state.lora, batch)
+            timer.add("reference", time.perf_counter() - t0)
+
+        # update(s) ----------------------------------------------------------------------------------------------
+        self._enter("update", step, compiles="update")
+        t0 = time.perf_counter()
+        lora, opt_state, updates = self.state.lora, self.state.opt_state, self.state.updates
+        per_iteration = []
+        lr = float(self.schedule(updates))
+        poison = float("nan") if step in self.hooks.nan_steps else 1.0
+        for _ in range(p.grpo.num_iterations):
+            lora, opt_state, m = self.phases.update(lora, opt_state, batch, advantages=advantages,
+                                                    old_logp=old_logp, ref_logp=ref_logp, loss_scale=poison)
+            per_iteration.append(m)
+            updates += int(m["finite"] >= 0.5)
+        from flax import nnx
+
+        nnx.update(self.model, lora)
+        update_metrics = mean_update_metrics(per_iteration)
+        skipped = update_metrics["skipped"] > 0
+        self.state = TrainState(step=step, lora=lora, opt_state=opt_state, data_position=position, updates=updates,
+                                nonfinite_in_row=self.state.nonfinite_in_row + 1 if skipped else 0)
+        timer.add("update", time.perf_counter() - t0)
+
+        # metrics ------------------------------------------------------------------------------------------------
+        self.log.status("running", phase="metrics", step=step)
+        from engine.train.memory import memory_stats
+
+        generated = int(out.lengths.sum())
+        metrics: dict[str, float] = {}
+        metrics.update(update_metrics)
+        metrics.update(reward_metrics(scores, G))
+        metrics.update(length_metrics(out.lengths, out.truncated))
+        metrics["learning_rate"] = lr
+        metrics["tokens_per_s"] = generated / max(timer.times.get("rollout", 0.0), 1e-9)
+        for name in ("rollout", "rewards", "reference", "update"):
+            metrics[f"time_{name}"] = timer.times.get(name, 0.0)
+        metrics["time_step"] = time.perf_counter() - t_step
+        memory = memory_stats()
+        epoch = (step - 1) // max(self.per_epoch, 1)
+        self.log.emit("step", step=step, total_steps=self.total_steps, epoch=epoch, metrics=metrics, memory=memory)
+        self.history.append(dict(metrics, step=step))
+        for sample in sample_groups(step=step, questions=[e.question for e in examples],
+                                    answers=[e.answer for e in examples], texts=texts, scores=scores,
+                                    advantages=advantages, lengths=out.lengths, truncated=out.truncated,
+                                    group_size=G, num_groups=p.logging.samples_per_step):
+            self.log.emit("sample", **sample)
+            self.wandb.log_samples(step, sample["prompt"], sample["answer"], sample["completions"])
+        self.wandb.log_step(step, metrics, memory)
+        if skipped:
+            self._nonfinite(step, update_metrics)
+
+        # checkpoint, evaluation ---------------------------------------------------------------------------------
+        t = p.training
+        if t.save_interval_steps and step % t.save_interval_steps == 0:
+            self._save("interval")
+        if t.eval_every_n_steps and step % t.eval_every_n_steps == 0 and step < self.total_steps:
+            self._evaluate("validation", p.eval.num_questions, step=step)
+
+    @staticmethod
+    def _advantages(total: np.ndarray, group_size: int, p: Profile) -> np.ndarray:
+        from engine.grpo.advantages import group_advantages
+
+        adv = group_advantages(np.asarray(total, np.float32), group_size,
+                               scale_by_std=p.grpo.advantage_normalization == "std")
+        return np.asarray(adv, np.float32)
+
+    def _nonfinite(self, step: int, update_metrics: dict[str, float]) -> None:
+        n = self.state.nonfinite_in_row
+        limit = self.profile.training.max_nonfinite_steps
+        self.log.error(f"step {step}: non-finite loss or gradient (loss {update_metrics.get('loss')}, grad norm "
+                       f"{update_metrics.get('grad_norm')}); the update was skipped ({n} in a row, pause at {limit})")
+        if n >= limit:
+            reason = (f"{n} non-finite updates in a row: paused; lower optimizer.learning_rate or check the "
+                      f"rewards, then resume")
+            self.log.error(reason)
+            self.control.pause_with_error(reason)
+
+    def _partial_callback(self, step: int, group_size: int) -> Any:
+        last = [0.0]
+        max_tokens = self.profile.generation.max_generation_steps
+
+        def on_partial(rows: list[list[int]]) -> None:
+            now = time.monotonic()
+            done = max((len(r) for r in rows[:group_size]), default=0)
+            if now - last[0] < 0.5 or done >= max_tokens:
+                return
+            last[0] = now
+            eos = set(self.eos_ids)
+            texts = [self.tokenizer.decode([t for t in r if t not in eos]) for r in rows[:group_size]]
+            self.log.emit("partial", step=step, tokens_done=done, max_tokens=max_tokens, texts=texts)
+        return on_partial
+
+    # ------------------------------------------------------------------------------------------------------------
+    # evaluation
+
+    def _evaluate(self, split: str, num_questions: int, *, step: int) -> Any:
+        from engine.sampler import Sampler
+        from engine.train.evaluation import evaluate, select
+
+        p = self.profile
+        pool = self.splits.validation if split == "validation" else self.splits.test
+        if not pool:
+            self.log.info(f"no {split} questions: evaluation skipped (data.val_fraction is 0?)", level="warning")
+            return None
+        questions = select(pool, num_questions)
+        self._boundary()
+        self.log.status("evaluating", step=step, detail=f"{len(questions)} {split} questions ({p.eval.preset})",
+                        progress=0.0)
+        if self._eval_sampler is None:
+            every = list(self.splits.validation) + list(self.splits.test)
+            self._eval_sampler = Sampler(self.model, self.tokenizer, eos_ids=self.eos_ids,
+                                         max_prompt_length=p.generation.max_prompt_length,
+                                         max_new_tokens=p.eval.max_generation_steps,
+                                         min_prompt_bucket=self.encoder.bucket(select(every, 4096)))
+        batch = max(p.training.micro_batch_size * p.grpo.num_generations, 8)
+
+        def progress(done: int, total: int) -> None:
+            self.log.status("evaluating", step=step, progress=done / total, force=True,
+                            detail=f"{done}/{total} {split} questions")
+
+        result = evaluate(self._eval_sampler, self.encoder, questions, preset=p.eval.preset, split=split,
+                          eos_ids=self.eos_ids, batch_size=min(batch, len(questions)), seed=p.run.seed,
+                          on_progress=progress)
+        self.log.emit("eval", **result.payload(step))
+        self.wandb.log_eval(step, split, {k: v for k, v in result.figures().items() if isinstance(v, (int, float))})
+        return result
+
+    def _finish(self) -> None:
+        p = self.profile
+        self._boundary()
+        self._save("final")
+        if p.eval.final:
+            self._evaluate("test", p.eval.final_num_questions, step=self.state.step)
