@@ -1,0 +1,391 @@
+"""The console's UI-free core: bounded history, the chunked line reader, folding events into a run state, following
+a run directory, the profile form and the run catalog. No Textual here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.profile_io import ProfileError, load_profile, parse_text
+from engine.protocol import send_command
+from fake_engine import FakeEngine, write_history
+from tunix_tui.core.catalog import RunCatalog, delete_run, find_profiles, header_comment
+from tunix_tui.core.follower import Follower
+from tunix_tui.core.form import ProfileForm, parse_text as parse_field
+from tunix_tui.core.history import StepHistory, regroup
+from tunix_tui.core.reader import LineReader, line_step, line_type
+from tunix_tui.core.runstate import RunState
+from tunix_tui.core.text import hms, size, tag_segments
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_core_imports_no_textual():
+    code = ("import sys, tunix_tui.core.runstate, tunix_tui.core.follower, tunix_tui.core.form, "
+            "tunix_tui.core.catalog, tunix_tui.core.text; "
+            "print(sorted({m.split('.')[0] for m in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    loaded = out.stdout
+    for heavy in ("'textual'", "'jax'", "'numpy'", "'flax'"):
+        assert heavy not in loaded
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# history
+
+
+def test_history_stays_bounded_and_keeps_extremes():
+    h = StepHistory(capacity=16)
+    for step in range(1, 1001):
+        h.add(step, {"loss": 1.0 / step, "spiky": 100.0 if step == 537 else 0.0})
+    assert len(h) <= 17
+    assert h.width >= 64
+    assert h.step_range() == (1, 1000)
+    lows_highs = h.columns("spiky", 8)
+    assert max(hi for lo, hi in lows_highs if hi is not None) == 100.0  # the one-step spike survives
+    loss = h.columns("loss", 4)
+    assert loss[0][1] == 1.0 and loss[-1][0] == pytest.approx(1 / 1000)
+    assert h.last("loss") == pytest.approx(1 / 1000)
+
+
+def test_history_handles_missing_and_bad_values():
+    h = StepHistory(capacity=4)
+    h.add(1, {"a": 1.0})
+    h.add(2, {"a": None, "b": 2.0})
+    h.add(3, {"a": "oops", "b": 3.0})
+    assert h.columns("b", 10)[0] is None
+    assert h.columns("b", 10)[1:] == [(2.0, 2.0), (3.0, 3.0)]
+    assert h.columns("a", 10)[0] == (1.0, 1.0)
+    assert h.keys() == ["a", "b"]
+
+
+def test_history_reserve_starts_wide():
+    h = StepHistory(capacity=8)
+    h.reserve(100)
+    assert h.width == 16
+    for s in range(100):
+        h.add(s, {"x": float(s)})
+    assert len(h) == 7 and h.columns("x", 100)[-1] == (96.0, 99.0)
+
+
+def test_regroup_merges_to_column_count():
+    spans = [(float(i), float(i)) for i in range(10)] + [None]
+    out = regroup(spans, 3)
+    assert len(out) == 3 and out[0] == (0.0, 2.0) and out[-1] == (7.0, 9.0)
+    assert regroup(spans, 0) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reader
+
+
+def test_reader_offsets_torn_lines_and_replacement(tmp_path: Path):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"a":1}\n{"b":2}\n{"c":')
+    r = LineReader(path)
+    chunk = r.read()
+    assert chunk.lines == [b'{"a":1}', b'{"b":2}'] and chunk.offsets == [0, 8]
+    with open(path, "ab") as fh:
+        fh.write(b'3}\n')
+    chunk = r.read()
+    assert chunk.lines == [b'{"c":3}'] and chunk.offsets == [16]
+    assert r.read().lines == []
+    path.write_bytes(b'{"x":1}\n')  # replaced by a shorter file
+    chunk = r.read()
+    assert chunk.reset and chunk.lines == [b'{"x":1}']
+    path.unlink()
+    r.read()
+    assert r.missing
+
+
+def test_line_type_and_step_without_parsing():
+    line = b'{"v":1,"seq":3,"t":1.5,"type":"sample","step":42,"prompt":"x"}'
+    assert line_type(line) == b"sample" and line_step(line) == 42
+    assert line_type(b'{"type": "step", "step": 7}') == b"step" and line_step(b'{"step": 7}') == 7
+    assert line_type(b"garbage") is None and line_step(b"garbage") is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# folding
+
+
+def _fold(engine: FakeEngine, state: RunState | None = None) -> RunState:
+    state = state or RunState(engine.paths.run_id, events_path=engine.paths.events)
+    reader = LineReader(engine.paths.events)
+    chunk = reader.read()
+    state.fold_lines(chunk.lines, chunk.offsets)
+    return state
+
+
+def test_fold_every_event_type(tmp_path: Path):
+    eng = FakeEngine.create(tmp_path, clock=lambda: 1000.0)
+    eng.started(10)
+    eng.data_info()
+    eng.status("compiling")
+    eng.status("running")
+    for s in range(1, 4):
+        eng.full_step(s)
+    eng.eval(3, accuracy=0.5)
+    eng.checkpoint(3)
+    eng.log("hello from the engine", "warning")
+    eng.partial(4, 8)
+    state = _fold(eng)
+    assert state.step == 3 and state.total_steps == 10 and state.profile_name == "tiny"
+    assert state.status == "running" and state.phase == "update"
+    assert state.latest["reward_mean"] > 0 and state.history.count == 3
+    assert state.memory[0]["device"] == "cpu:0"
+    assert state.history.columns("mem:cpu:0:in_use", 4)[0][0] > 1e9
+    assert [e.accuracy for e in state.evals] == [0.5]
+    assert state.checkpoints[-1][0] == 3
+    assert len(state.samples) == 3 and state.samples.get(-1)["step"] == 3
+    assert state.latest_partial()["step"] == 4
+    texts = [f.text for f in state.feed]
+    assert any("hello from the engine" in t for t in texts) and any("checkpoint at step 3" in t for t in texts)
+    assert state.data_info["train"] == 190
+
+
+def test_garbage_and_torn_lines_are_skipped(tmp_path: Path):
+    eng = FakeEngine.create(tmp_path)
+    eng.started(5)
+    eng.write_raw(b"this is not json\n")
+    eng.write_raw(b'{"v":1,"seq":99,"t":1.0,"type":"step","step":1,"metr\n')  # torn by a crash, then repaired
+    eng.write_raw(b'["a list"]\n\n')
+    eng.step(2, 5)
+    state = _fold(eng)
+    assert state.skipped == 3
+    assert state.step == 2 and state.history.count == 1
+
+
+def test_pause_label_follows_acknowledgement(tmp_path: Path):
+    eng = FakeEngine.create(tmp_path)
+    eng.alive()
+    eng.started(5)
+    eng.status("running")
+    state = _fold(eng)
+    state.alive = True
+    assert state.pause_label() == "Pause"
+    cid = send_command(eng.paths.root, "pause")
+    state.note_command(cid, "pause", time.time())
+    assert state.pause_label() == "Pausing…" and not state.paused
+    reader = LineReader(eng.paths.events)
+    reader.read()
+    eng.status("running", "update")  # the engine finishes its step before pausing: still not paused
+    chunk = reader.read()
+    state.fold_lines(chunk.lines, chunk.offsets)
+    assert state.pause_label() == "Pausing…"
+    assert eng.answer_commands() == ["pause"]
+    chunk = reader.read()
+    state.fold_lines(chunk.lines, chunk.offsets)
+    assert state.paused and state.pause_label() == "Resume" and not state.pending
+    cid = send_command(eng.paths.root, "resume")
+    state.note_command(cid, "resume", time.time())
+    assert state.pause_label() == "Resuming…"
+    eng.answer_commands()
+    chunk = reader.read()
+    state.fold_lines(chunk.lines, chunk.offsets)
+    assert not state.paused and state.pause_label() == "Pause"
+
+
+def test_samples_are_indexed_and_read_back_from_disk(tmp_path: Path):
+    eng = FakeEngine.create(tmp_path)
+    eng.started(100)
+    for s in range(1, 81):
+        eng.sample(s)
+    state = RunState(eng.paths.run_id, events_path=eng.paths.events)
+    state.samples.keep = 8
+    chunk = LineReader(eng.paths.events).read()
+    state.fold_lines(chunk.lines, chunk.offsets)
+    assert len(state.samples) == 80
+    assert len(state.samples._raw) <= 8  # only the newest raw lines stay in memory
+    assert state.samples.get(0)["step"] == 1  # the oldest comes back from the file by offset
+    assert state.samples.get(-1)["step"] == 80
+    assert state.samples.get(41)["completions"][0]["rewards"]
+
+
+def test_dead_and_display_status(tmp_path: Path):
+    state = RunState("r")
+    assert state.display_status == "waiting"
+    state.fold_event({"type": "run_started", "seq": 0, "t": 1.0, "total_steps": 3})
+    state.fold_event({"type": "status", "seq": 1, "t": 2.0, "status": "running"})
+    state.alive = False
+    assert state.dead and state.display_status == "dead" and state.can_resume_run
+    state.fold_event({"type": "status", "seq": 2, "t": 3.0, "status": "stopped"})
+    assert not state.dead and state.display_status == "stopped" and state.can_resume_run
+    state.fold_event({"type": "status", "seq": 3, "t": 4.0, "status": "finished"})
+    assert not state.can_resume_run
+
+
+def test_eta_from_step_times():
+    state = RunState("r")
+    state.fold_event({"type": "run_started", "seq": 0, "t": 0.0, "total_steps": 10})
+    for s in range(1, 5):
+        state.fold_event({"type": "step", "seq": s, "t": 10.0 * s, "step": s, "total_steps": 10, "metrics": {}})
+    assert state.seconds_per_step() == pytest.approx(10.0)
+    assert state.eta() == pytest.approx(60.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# following a run directory
+
+
+def test_follower_reads_incrementally_and_notices_engine(tmp_path: Path):
+    eng = FakeEngine.create(tmp_path)
+    f = Follower(eng.paths.root)
+    assert f.poll() is False and f.state.events == 0  # no events yet: nothing, no error
+    eng.alive()
+    eng.started(4)
+    eng.full_step(1)
+    f.poll()
+    f.check_engine(force=True)
+    assert f.state.step == 1 and f.state.alive is True
+    eng.die()
+    f.check_engine(force=True)
+    assert f.state.alive is False and f.state.dead
+
+
+def test_follower_survives_a_deleted_run_folder(tmp_path: Path):
+    eng = FakeEngine.create(tmp_path)
+    eng.started(4)
+    eng.full_step(1)
+    f = Follower(eng.paths.root)
+    f.poll()
+    import shutil
+    shutil.rmtree(eng.paths.root)
+    assert f.poll() is False
+    f.check_engine(force=True)
+    assert f.state.gone and f.state.display_status == "deleted" and f.state.step == 1
+
+
+def test_follower_shows_the_tail_first_then_the_whole_history(tmp_path: Path):
+    eng = FakeEngine.create(tmp_path)
+    write_history(eng.paths.root, 3000)
+    size_ = eng.paths.events.stat().st_size
+    f = Follower(eng.paths.root, tail_threshold=size_ // 4, tail_bytes=size_ // 10, chunk_bytes=size_ // 5)
+    assert f.poll() is True  # the tail view
+    tail = f.state
+    assert tail.step == 3000 and tail.history_from is not None and tail.history_from > 1
+    assert tail.profile_name == "bench"  # the first event (run identity) is read too
+    while f.poll():
+        pass
+    full = f.state
+    assert full is not tail and full.history_from is None
+    assert full.history.step_range() == (1, 3000) and len(full.samples) == 3000
+    assert f.caught_up
+    eng.step(3001, 3001)  # following continues from the end
+    f.poll()
+    assert f.state.step == 3001
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# text
+
+
+def test_tag_segments_and_formats():
+    segs = tag_segments("so <reasoning>3+5=8</reasoning> then <answer>8</answer>!")
+    assert segs == [("so ", ""), ("<reasoning>", "tag"), ("3+5=8", "reasoning"), ("</reasoning>", "tag"),
+                    (" then ", ""), ("<answer>", "tag"), ("8", "answer"), ("</answer>", "tag"), ("!", "")]
+    assert hms(3725) == "1:02:05" and hms(None) == "-"
+    assert size(3 * 1024 ** 3) == "3.0 GB"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# profile form
+
+
+def test_form_errors_use_the_command_line_wording(tmp_path: Path):
+    path = tmp_path / "p.toml"
+    form = ProfileForm.open(path)
+    form.set_text("grpo.beta", "-1")
+    form.set_text("training.num_batches", "abc")
+    errors = form.errors()
+    try:
+        parse_text("", "p.toml", ["grpo.beta=-1", "training.num_batches=abc"])
+    except ProfileError as err:
+        cli = {p.key: p.message for p in err.problems}
+    assert errors["grpo.beta"].message == cli["grpo.beta"]
+    assert str(errors["grpo.beta"]) == "grpo.beta = -1: expected a number >= 0"
+    assert str(errors["training.num_batches"]) == 'training.num_batches = "abc": expected an integer >= 0'
+    with pytest.raises(ProfileError):
+        form.save()
+    assert not path.exists()
+
+
+def test_form_cross_checks_and_lists(tmp_path: Path):
+    form = ProfileForm.open(tmp_path / "p.toml")
+    form.set_text("rewards.weights", "1.0, 2.0")
+    assert form.values["rewards.weights"] == [1.0, 2.0]
+    assert "rewards.weights" in form.errors()  # four functions, two weights
+    form.set_text("rewards.weights", "[]")
+    form.set_text("model.mesh_axes", "fsdp, tp")
+    assert form.values["model.mesh_axes"] == ["fsdp", "tp"]
+    assert form.errors() == {}
+    assert parse_field(form.fields["generation.eos_tokens"], "[1, x]") == "[1, x]"
+
+
+def test_form_save_writes_only_the_change_and_revert(tmp_path: Path):
+    path = tmp_path / "p.toml"
+    path.write_text("# my profile\n[grpo]\nnum_generations = 8\n")
+    form = ProfileForm.open(path)
+    assert form.values["grpo.num_generations"] == 8 and not form.dirty
+    form.set_text("grpo.beta", "0.04")
+    assert form.dirty_keys() == ["grpo.beta"]
+    assert form.overrides() == ["grpo.beta=0.04"]
+    form.save()
+    text = path.read_text()
+    assert text.startswith("# my profile\n")
+    assert load_profile(path).grpo.beta == 0.04
+    assert "num_generations = 8" in text and text.count("=") == 2
+    assert not form.dirty
+    form.set_value("model.model_size", "1b")
+    form.revert()
+    assert form.values["model.model_size"] == "270m"
+
+
+def test_form_reports_unknown_keys_of_the_file(tmp_path: Path):
+    path = tmp_path / "p.toml"
+    path.write_text("[grpo]\nbetta = 0.1\n")
+    form = ProfileForm.open(path)
+    assert any("did you mean grpo.beta" in str(p) for p in form.problems())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# catalog
+
+
+def test_profiles_and_runs_catalog(tmp_path: Path):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "good.toml").write_text("# A good one\n[grpo]\nbeta = 0.1\n")
+    (tmp_path / "profiles" / "bad.toml").write_text("[grpo]\nbeta = -3\n")
+    entries = find_profiles([("project", tmp_path / "profiles"), ("user", tmp_path / "nowhere")])
+    assert [(e.name, e.problems, e.description) for e in entries] == [("bad", 1, ""), ("good", 0, "A good one")]
+    assert header_comment("# a\n# b\n\n[x]\n") == "# a\n# b\n"
+
+    runs = tmp_path / "runs"
+    live = FakeEngine.create(runs, "20260101-000000-live")
+    live.alive()
+    live.started(10)
+    live.step(3, 10)
+    dead = FakeEngine.create(runs, "20260101-000001-dead")
+    dead.started(10)
+    dead.status("running")
+    dead.die()
+    done = FakeEngine.create(runs, "20260101-000002-done")
+    done.started(2)
+    done.status("finished")
+    cat = RunCatalog(runs, clock=lambda: time.time())
+    rows = {r.summary.name: r for r in cat.rows()}
+    assert rows["live"].summary.alive and rows["live"].summary.step == 3
+    assert rows["dead"].summary.status == "dead" and rows["dead"].can_resume
+    assert rows["done"].summary.status == "finished" and not rows["done"].can_resume
+    with pytest.raises(RuntimeError):
+        delete_run(live.paths.root)
+    delete_run(dead.paths.root)
+    assert not dead.paths.root.exists()
+    assert {r.summary.name for r in cat.rows()} == {"live", "done"}

@@ -1,0 +1,101 @@
+"""Formatting numbers, sizes and durations, and splitting completions at their <reasoning>/<answer> tags."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+TAG_RE = re.compile(r"(</?(?:reasoning|answer)>)")
+
+
+def num(value: Any, fmt: str = ".3f", missing: str = "-") -> str:
+    """A number formatted, or `missing` for None/NaN/non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return missing
+    return format(value, fmt)
+
+
+def short(value: Any, missing: str = "-") -> str:
+    """A compact number: 4 significant digits, scientific when tiny or huge."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return missing
+    if value == 0:
+        return "0"
+    mag = abs(value)
+    if mag >= 1e5 or mag < 1e-3:
+        return f"{value:.2e}"
+    return f"{value:.4g}"
+
+
+def pct(value: Any, missing: str = "-") -> str:
+    """A fraction as a percentage with one decimal."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return missing
+    return f"{100 * value:.1f}%"
+
+
+def size(n: Any, missing: str = "-") -> str:
+    """Bytes in KB/MB/GB (powers of 1024)."""
+    if isinstance(n, bool) or not isinstance(n, (int, float)):
+        return missing
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(value) < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"
+
+
+def hms(seconds: Any, missing: str = "-") -> str:
+    """Seconds as H:MM:SS (days prefixed when long)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds != seconds or seconds < 0:
+        return missing
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    out = f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    return f"{days}d {out}" if days else out
+
+
+def clock_time(t: Any, now: float | None = None, missing: str = "-") -> str:
+    """A unix time as `HH:MM` today, else `Mon DD HH:MM` (local time)."""
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        return missing
+    lt = time.localtime(t)
+    if now is not None and time.localtime(now)[:3] == lt[:3]:
+        return time.strftime("%H:%M", lt)
+    return time.strftime("%b %d %H:%M", lt)
+
+
+def bar(fraction: float | None, width: int, full: str = "━", empty: str = "─") -> str:
+    """A text progress bar."""
+    if width <= 0:
+        return ""
+    f = 0.0 if fraction is None or fraction != fraction else max(0.0, min(1.0, fraction))
+    filled = int(round(f * width))
+    return full * filled + empty * (width - filled)
+
+
+def ellipsize(text: str, width: int) -> str:
+    """One line of at most `width` characters."""
+    line = " ".join(text.split())
+    if width <= 0:
+        return ""
+    return line if len(line) <= width else line[: max(0, width - 1)] + "…"
+
+
+def tag_segments(text: str) -> list[tuple[str, str]]:
+    """A completion split into (piece, role): role is "tag", "reasoning", "answer" or "" (outside any tag)."""
+    out: list[tuple[str, str]] = []
+    inside = ""
+    for piece in TAG_RE.split(text):
+        if not piece:
+            continue
+        m = TAG_RE.fullmatch(piece)
+        if m:
+            out.append((piece, "tag"))
+            name = piece.strip("</>")
+            inside = "" if piece.startswith("</") else name
+            continue
+        out.append((piece, inside))
+    return out
