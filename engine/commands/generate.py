@@ -72,27 +72,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     profile = load_profile(args.profile, args.overrides)
     gen = profile.generation
-    t0 = time.perf_counter()
-    model, tok = load_model_and_tokenizer(profile.model, on_progress=lambda m: _err(f"[model] {m}"),
-                                          seed=profile.run.seed)
-    run_dir = Path(args.profile)
-    if run_dir.is_dir() and (run_dir / "checkpoints").is_dir() and not args.base:
-        used = _load_run_adapters(model, profile, run_dir, args.step)
-        _err(f"[model] adapters of checkpoint step {used}" if used is not None
-             else "[model] the run has no checkpoint yet: base model")
-    prompt_ids = tok.encode(args.prompt, add_bos=True)
     max_new = args.max_new_tokens if args.max_new_tokens is not None else gen.max_generation_steps
     if max_new < 1:
         raise ValueError("--max-new-tokens must be at least 1")
-    if len(prompt_ids) + max_new > model.cfg.max_seq_len:
-        raise ValueError(f"prompt ({len(prompt_ids)} tokens) plus {max_new} new tokens exceed the model's "
-                         f"context of {model.cfg.max_seq_len}")
     temperature = args.temperature if args.temperature is not None else (1.0 if args.greedy else gen.temperature)
     if not temperature > 0:
         raise ValueError(f"--temperature must be > 0, got {temperature}")
     top_k = args.top_k if args.top_k is not None else gen.top_k
     top_p = args.top_p if args.top_p is not None else gen.top_p
+    if top_k < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"--top-k must be >= 0 and --top-p in (0, 1], got {top_k} and {top_p}")
     seed = args.seed if args.seed is not None else profile.run.seed
+    t0 = time.perf_counter()
+    model, tok = load_model_and_tokenizer(profile.model, on_progress=lambda m: _err(f"[model] {m}"),
+                                          seed=profile.run.seed)
+    run_dir = Path(args.profile)
+    if run_dir.is_dir() and not args.base:
+        has_store = (run_dir / "checkpoints").is_dir()
+        used = _load_run_adapters(model, profile, run_dir, args.step) if has_store else None
+        _err(f"[model] adapters of checkpoint step {used}" if used is not None
+             else "[model] the run has no checkpoint yet: base model")
+    prompt_ids = tok.encode(args.prompt, add_bos=True)
+    if len(prompt_ids) + max_new > model.cfg.max_seq_len:
+        raise ValueError(f"prompt ({len(prompt_ids)} tokens) plus {max_new} new tokens exceed the model's "
+                         f"context of {model.cfg.max_seq_len}")
     sampler = Sampler(model, tok, eos_ids=list(gen.eos_tokens), max_prompt_length=len(prompt_ids),
                       max_new_tokens=max_new)
     t1 = time.perf_counter()
