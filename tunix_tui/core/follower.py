@@ -63,6 +63,7 @@ class Follower:
         chunk = self._reader.read(self.chunk_bytes)
         if self._reader.missing:
             self._check_gone()
+            self.caught_up = True  # nothing to read (yet)
             return False
         if chunk.reset:
             with self.lock:

@@ -1,0 +1,163 @@
+"""The Textual console: home (profiles and runs), the profile editor and the run dashboard.
+
+`TunixApp(profiles_dir, runs_dir, attach=None, profile=None).run()` opens it (the `tunix-tui` command does).
+Engines are started detached, so quitting the console, or losing the terminal (SIGHUP), leaves them running.
+Tests inject a clock, an engine spawner and faster timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from textual.app import App
+from textual.binding import Binding
+
+from engine.launch import prepare_run, spawn_detached
+from engine.profile_io import ProfileError
+from engine.protocol import engine_alive
+
+from tunix_tui.commands import ScreenActions
+from tunix_tui.core.catalog import USER_PROFILES
+
+Spawner = Callable[..., int]  # (run_dir, resume=False) -> pid
+
+
+class TunixApp(App[None]):
+    """The tunix-tui console."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "tunix-tui"
+    COMMANDS = App.COMMANDS | {ScreenActions}
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    BINDINGS = [
+        Binding("ctrl+q", "quit", "Quit", priority=True, show=False),
+        Binding("f10", "toggle_theme", "Theme", show=False),
+    ]
+
+    def __init__(self, profiles_dir: Path = Path("profiles"), runs_dir: Path = Path("runs"),
+                 attach: Path | None = None, profile: Path | None = None, *, user_profiles_dir: Path | None = None,
+                 clock: Callable[[], float] = time.time, spawn: Spawner | None = None, poll_interval: float = 0.5,
+                 redraw_interval: float = 0.5, runs_refresh: float = 2.0, theme: str = "textual-dark",
+                 cursor_blink: bool = True):
+        super().__init__()
+        self.profiles_dir = Path(profiles_dir)
+        self.runs_dir = Path(runs_dir)
+        self.user_profiles_dir = Path(user_profiles_dir) if user_profiles_dir else USER_PROFILES
+        self.attach = Path(attach) if attach else None
+        self.start_profile = Path(profile) if profile else None
+        self.clock = clock
+        self.spawn: Spawner = spawn or spawn_detached
+        self.poll_interval = poll_interval
+        self.redraw_interval = redraw_interval
+        self.runs_refresh = runs_refresh
+        self.initial_theme = theme
+        self.cursor_blink = cursor_blink
+        self.opened: list[Path] = []  # runs whose dashboard was opened (for the goodbye message)
+        self.hung_up = False
+
+    def on_mount(self) -> None:
+        from tunix_tui.screens.home import HomeScreen
+        self.theme = self.initial_theme
+        self.theme_changed_signal.subscribe(self, self._theme_changed)
+        self._install_hangup()
+        self.push_screen(HomeScreen())
+        if self.attach is not None:
+            self.open_run(self.attach)
+        elif self.start_profile is not None:
+            self.open_profile(self.start_profile)
+
+    # -- navigation --------------------------------------------------------------------------------------------
+
+    def open_run(self, run_dir: Path, known_pid: int | None = None) -> None:
+        """Show a run's dashboard."""
+        from tunix_tui.screens.dashboard import DashboardScreen
+        self.opened.append(Path(run_dir))
+        self.push_screen(DashboardScreen(Path(run_dir), known_pid=known_pid))
+
+    def open_profile(self, path: Path) -> None:
+        """Edit a profile (a missing file starts from the defaults)."""
+        from tunix_tui.screens.editor import EditorScreen
+        try:
+            self.push_screen(EditorScreen(Path(path)))
+        except (OSError, UnicodeDecodeError) as exc:
+            self.notify(f"cannot open {path}: {exc}", severity="error")
+
+    def launch(self, profile_path: Path, overrides: Iterable[str] = ()) -> Path | None:
+        """Create a run of a profile, start its engine detached and open its dashboard."""
+        try:
+            paths = prepare_run(profile_path, list(overrides), output_dir=str(self.runs_dir))
+        except ProfileError as err:
+            self.notify(f"cannot launch: {err.problems[0]}" if err.problems else "cannot launch",
+                        severity="error")
+            return None
+        except OSError as exc:
+            self.notify(f"cannot create the run folder: {exc}", severity="error")
+            return None
+        try:
+            pid = self.spawn(paths.root)
+        except OSError as exc:
+            self.notify(f"cannot start the engine: {exc}", severity="error")
+            return None
+        self.notify(f"run {paths.run_id} started (engine pid {pid}); it keeps running if you leave")
+        self.open_run(paths.root, known_pid=pid)
+        return paths.root
+
+    def resume_run(self, run_dir: Path) -> None:
+        """Start an engine that continues a stopped run from its checkpoint, and watch it."""
+        if engine_alive(run_dir):
+            self.notify(f"{Path(run_dir).name} is still running", severity="warning")
+            return
+        try:
+            pid = self.spawn(Path(run_dir), resume=True)
+        except OSError as exc:
+            self.notify(f"cannot start the engine: {exc}", severity="error")
+            return
+        self.open_run(Path(run_dir), known_pid=pid)
+
+    # -- theme, quitting, hang-up ------------------------------------------------------------------------------
+
+    def action_toggle_theme(self) -> None:
+        self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
+
+    def _theme_changed(self, theme: Any) -> None:
+        for screen in self.screen_stack:  # colours are resolved when drawing: draw again
+            if hasattr(screen, "redraw"):
+                screen._force = True  # type: ignore[attr-defined]
+                screen.redraw()  # type: ignore[attr-defined]
+
+    async def action_quit(self) -> None:
+        live = [p for p in dict.fromkeys(self.opened) if engine_alive(p)]
+        message = None
+        if live:
+            message = (f"The engine of {len(live)} run(s) keeps running; watch it again with: "
+                       f"tunix-tui attach {live[-1]}")
+        self.exit(message=message)
+
+    def exit(self, result: Any = None, return_code: int = 0, message: Any = None) -> None:
+        for screen in self.screen_stack:  # let follower threads finish promptly
+            stop = getattr(screen, "_stop", None)
+            if isinstance(stop, threading.Event):
+                stop.set()
+        super().exit(result, return_code, message)
+
+    def _install_hangup(self) -> None:
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._hangup)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+            pass
+
+    def _hangup(self) -> None:
+        """The terminal went away: leave quietly; engines run in their own sessions and carry on."""
+        self.hung_up = True
+        self.exit(return_code=0)
+
+    async def on_unmount(self) -> None:
+        try:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass

@@ -1,0 +1,372 @@
+"""The run dashboard: live from the event stream, with keys to pause, checkpoint, stop and resume.
+
+A thread worker folds new events into the follower's `RunState`; a timer redraws the panes whose part changed, at
+most `redraw_interval` apart, inside one `batch_update`. Narrow terminals get the panes as tabs, wide ones (from 150
+columns and 40 lines) all at once. Leaving the dashboard never stops the engine.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from textual import events
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, Grid, Horizontal
+from textual.css.query import NoMatches
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, TabbedContent, TabPane
+
+from engine.protocol import send_command
+
+from tunix_tui.core.follower import Follower
+from tunix_tui.core.runstate import PARTS, RunState
+from tunix_tui.screens.dialogs import CompletionScreen, ConfirmScreen, TextScreen
+from tunix_tui.widgets.header import RunHeader
+from tunix_tui.widgets.log import LogPane
+from tunix_tui.widgets.metrics import EvalPane, LossPane, MemoryPane, Pane, RewardPane, TimingPane
+from tunix_tui.widgets.samples import SamplesPane, highlighted
+
+WIDE_MIN = (150, 40)  # columns, lines
+TABS = ("train", "system", "eval", "samples", "log")
+LIVE_CLOCK_STATUSES = ("compiling",)
+
+HELP = """\
+Dashboard keys
+
+  p          pause / resume the engine (the label follows what the engine acknowledged)
+  c          save a checkpoint now
+  s          stop the run (asks first; the engine saves a final checkpoint)
+  r          resume a stopped, failed or dead run from its latest checkpoint
+  1 … 5      tabs: train, system, evaluation, samples, log (narrow terminals)
+  [  ]       earlier / later sample group;  f  back to the newest
+  ↑ ↓ enter  pick a completion in the samples table; enter shows it in full
+  escape, b  back to the run list (the engine keeps running)
+  ctrl+p     command palette (the same actions)
+  f10        light / dark theme
+  ctrl+q     quit the console (the engine keeps running)
+"""
+
+
+class NarrowBody(Container):
+    """The panes as tabs."""
+
+    def compose(self) -> ComposeResult:
+        with TabbedContent(id="dash-tabs", initial="tab-train"):
+            with TabPane("1 Train", id="tab-train"):
+                with Horizontal(classes="pane-row"):
+                    yield LossPane(id="pane-loss")
+                    yield RewardPane(id="pane-reward")
+            with TabPane("2 System", id="tab-system"):
+                with Horizontal(classes="pane-row"):
+                    yield MemoryPane(id="pane-memory")
+                    yield TimingPane(id="pane-timing")
+            with TabPane("3 Eval", id="tab-eval"):
+                yield EvalPane(id="pane-eval")
+            with TabPane("4 Samples", id="tab-samples"):
+                yield SamplesPane(id="pane-samples")
+            with TabPane("5 Log", id="tab-log"):
+                yield LogPane(id="pane-log")
+
+
+class WideBody(Container):
+    """Every pane at once."""
+
+    def compose(self) -> ComposeResult:
+        with Grid(id="dash-grid"):
+            yield LossPane(id="pane-loss")
+            yield RewardPane(id="pane-reward")
+            yield EvalPane(id="pane-eval")
+            yield MemoryPane(id="pane-memory")
+            yield TimingPane(id="pane-timing")
+            yield LogPane(id="pane-log")
+            yield SamplesPane(id="pane-samples")
+
+
+class DashboardScreen(Screen):
+    """Watches one run and controls its engine."""
+
+    BINDINGS = [
+        Binding("p", "pause", "Pause"),
+        Binding("p", "resume_engine", "Resume"),
+        Binding("p", "waiting", "Waiting for ack"),
+        Binding("c", "checkpoint", "Checkpoint"),
+        Binding("s", "stop", "Stop"),
+        Binding("r", "resume_run", "Resume run"),
+        Binding("escape,b", "back", "Back"),
+        Binding("question_mark,f1", "help", "Help"),
+        *(Binding(str(i + 1), f"show_tab('{name}')", show=False) for i, name in enumerate(TABS)),
+        Binding("left_square_bracket", "samples(-1)", "Earlier", show=False),
+        Binding("right_square_bracket", "samples(1)", "Later", show=False),
+        Binding("f", "samples_latest", "Newest", show=False),
+    ]
+
+    def __init__(self, run_dir: Path, *, known_pid: int | None = None, follower: Follower | None = None):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.follower = follower or Follower(self.run_dir, known_pid=known_pid)
+        self.mode = ""
+        self._state: RunState | None = None
+        self._stop = threading.Event()
+        self._building = False
+        self._force = True
+        self._last_clock = 0.0
+        self.drawn_version = -1
+        self.redraws = 0
+
+    # -- life cycle --------------------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield RunHeader(id="run-header")
+        yield Container(id="dash-body")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        self.follower.clock = self.app.clock
+        await self._build(self._mode_for(self.app.size.width, self.app.size.height))
+        self.run_worker(self._follow, thread=True, exclusive=True, group="follow", exit_on_error=False,
+                        name=f"follow {self.run_dir.name}")
+        self.set_interval(self.app.redraw_interval, self.redraw)
+
+    def on_unmount(self) -> None:
+        self._stop.set()
+
+    def _follow(self) -> None:
+        """Worker thread: fold new events while behind, else sleep; errors become messages, never crashes."""
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                more = self.follower.poll()
+                self.follower.check_engine()
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - a reader problem must not end the console
+                failures += 1
+                more = False
+                with self.follower.lock:
+                    self.follower.state.last_problem = f"reading the run failed: {exc}"
+                    self.follower.state.skipped += 1
+                    self.follower.state.touch("header", "log")
+            if not more:
+                self._stop.wait(self.app.poll_interval * min(8, 1 + failures))
+
+    @staticmethod
+    def _mode_for(width: int, height: int) -> str:
+        return "wide" if width >= WIDE_MIN[0] and height >= WIDE_MIN[1] else "narrow"
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._force = True
+        if self._mode_for(event.size.width, event.size.height) != self.mode and not self._building:
+            self.run_worker(self._relayout, exclusive=True, group="layout")
+
+    async def _relayout(self) -> None:
+        size = self.app.size
+        mode = self._mode_for(size.width, size.height)
+        if mode != self.mode and not self._building:
+            await self._build(mode)
+
+    async def _build(self, mode: str) -> None:
+        self._building = True
+        try:
+            body = self.query_one("#dash-body", Container)
+            await body.remove_children()
+            self.mode = mode
+            await body.mount(WideBody() if mode == "wide" else NarrowBody())
+            self._force = True
+        finally:
+            self._building = False
+        size = self.app.size
+        if self._mode_for(size.width, size.height) != self.mode:  # resized again meanwhile
+            await self._build(self._mode_for(size.width, size.height))
+        else:
+            self.call_after_refresh(self.redraw)
+
+    # -- drawing -----------------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> RunState:
+        return self.follower.state
+
+    @property
+    def caught_up(self) -> bool:
+        """The whole stream has been read and drawn."""
+        return self.follower.caught_up and self.drawn_version == self.follower.state.version
+
+    def redraw(self) -> None:
+        """Draw the parts that changed since the last call (called by the timer and after layout changes)."""
+        if self._building or not self.is_mounted:
+            return
+        f = self.follower
+        now = self.app.clock()
+        with f.lock:
+            state = f.state
+            if state is not self._state:
+                self._state = state
+                self._force = True
+            dirty = state.take_dirty()
+            if self._force:
+                dirty |= set(PARTS)
+                self._force = False
+            loading = f.load_fraction if (state.history_from is not None and not f.caught_up) else None
+            ticking = (state.display_status in LIVE_CLOCK_STATUSES or loading is not None) and \
+                now - self._last_clock >= 1.0
+            if not dirty and not ticking:
+                self.drawn_version = state.version
+                return
+            try:
+                with self.app.batch_update():
+                    if dirty & {"header", "control"} or ticking:
+                        self.query_one(RunHeader).update_from(state, now, loading=loading)
+                        self._last_clock = now
+                    for pane in self.query(Pane):
+                        if pane.part in dirty:
+                            pane.update_from(state, now)
+                    if "control" in dirty:
+                        self.refresh_bindings()
+            except NoMatches:  # the layout is being rebuilt: draw everything next time
+                self._force = True
+                return
+            except Exception as exc:  # noqa: BLE001 - a drawing problem is shown, not fatal
+                state.last_problem = f"drawing failed: {exc!r}"
+                self._force = True
+                self.log.error(f"redraw failed: {exc!r}")
+                return
+            self.drawn_version = state.version
+            self.redraws += 1
+
+    # -- keys --------------------------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        s = self.follower.state
+        waiting = any(p.command in ("pause", "resume") for p in s.pending.values())
+        if action == "pause":
+            return s.controllable and not s.paused and not waiting
+        if action == "resume_engine":
+            return s.controllable and s.paused and not waiting
+        if action == "waiting":
+            return None if waiting and s.controllable else False
+        if action in ("checkpoint", "stop"):
+            return s.controllable and not s.stopping
+        if action == "resume_run":
+            return s.can_resume_run
+        return True
+
+    def palette_actions(self) -> list[tuple[str, str, str]]:
+        """(name, help, action) for the command palette: the actions the keys offer right now."""
+        entries = [("Pause the engine", "the engine pauses after the current step", "pause"),
+                   ("Resume the engine", "continue a paused run", "resume_engine"),
+                   ("Checkpoint now", "save a checkpoint at the current step", "checkpoint"),
+                   ("Stop the run", "the engine saves a final checkpoint and exits", "stop"),
+                   ("Resume the run from its checkpoint", "start an engine for this stopped run", "resume_run"),
+                   ("Back to the run list", "the engine keeps running", "back"),
+                   ("Dashboard help", "keys of this screen", "help"),
+                   ("Newest sample group", "follow the latest samples again", "samples_latest")]
+        entries += [(f"Show the {name} tab", "", f"show_tab('{name}')") for name in TABS]
+        return [e for e in entries if self.check_action(e[2].split("(")[0], ()) is True]
+
+    def _send(self, command: str) -> None:
+        try:
+            cid = send_command(self.run_dir, command)
+        except (OSError, ValueError) as exc:
+            self.notify(f"could not send {command}: {exc}", severity="error")
+            return
+        with self.follower.lock:
+            self.follower.state.note_command(cid, command, self.app.clock())
+        self.refresh_bindings()
+        self.redraw()
+
+    def action_pause(self) -> None:
+        self._send("pause")
+
+    def action_resume_engine(self) -> None:
+        self._send("resume")
+
+    def action_waiting(self) -> None:
+        pass
+
+    def action_checkpoint(self) -> None:
+        self._send("checkpoint")
+
+    def action_stop(self) -> None:
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._send("stop")
+        self.app.push_screen(ConfirmScreen(f"Stop run {self.run_dir.name}?", "The engine saves a final checkpoint "
+                                           "and exits. You can resume the run later (r).", yes="Stop"), answer)
+
+    def action_resume_run(self) -> None:
+        if not self.follower.state.can_resume_run:
+            return
+        try:
+            pid = self.app.spawn(self.run_dir, resume=True)
+        except OSError as exc:
+            self.notify(f"could not start the engine: {exc}", severity="error")
+            return
+        self.follower.known_pid = pid
+        with self.follower.lock:
+            self.follower.state.alive = None
+            self.follower.state.touch("header", "control")
+        self.follower.check_engine(force=True)
+        self.notify(f"resuming {self.run_dir.name} from its latest checkpoint (engine pid {pid})")
+
+    def action_back(self) -> None:
+        alive = bool(self.follower.state.alive) and not self.follower.state.final
+        self.app.pop_screen()
+        if alive:
+            self.app.notify("The engine keeps running in the background; open the run again to watch it.",
+                            title="Left the dashboard")
+
+    def action_help(self) -> None:
+        self.app.push_screen(TextScreen("Help", HELP))
+
+    def action_show_tab(self, name: str) -> None:
+        if self.mode == "narrow":
+            try:
+                tabs = self.query_one("#dash-tabs", TabbedContent)
+            except NoMatches:
+                return
+            self.set_focus(None)  # a focused widget in the old tab would pull the tabs back to it
+            tabs.active = f"tab-{name}"
+        pane = {"train": "#pane-loss", "system": "#pane-memory", "eval": "#pane-eval", "samples": "#pane-samples",
+                "log": "#pane-log"}[name]
+        try:
+            target = self.query_one(pane)
+        except NoMatches:
+            return
+        if name == "samples":
+            self.call_after_refresh(self.query_one("#samples-table", DataTable).focus)
+        else:
+            self.call_after_refresh(target.scroll_visible)
+
+    def _samples(self) -> SamplesPane | None:
+        try:
+            return self.query_one(SamplesPane)
+        except NoMatches:
+            return None
+
+    def action_samples(self, delta: int) -> None:
+        pane = self._samples()
+        if pane is not None:
+            with self.follower.lock:
+                pane.move(self.follower.state, delta)
+
+    def action_samples_latest(self) -> None:
+        pane = self._samples()
+        if pane is not None:
+            with self.follower.lock:
+                pane.move(self.follower.state, None)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        pane = self._samples()
+        if pane is None or event.data_table.id != "samples-table" or not pane.group:
+            return
+        step = pane.group.get("step", "?")
+        variables = self.app.theme_variables
+        self.app.push_screen(CompletionScreen(pane.group, event.cursor_row, step,
+                                              lambda text: highlighted(text, variables)))
+
+
+def wall_clock() -> float:
+    """The default clock (tests inject a fixed one)."""
+    return time.time()

@@ -1,0 +1,332 @@
+"""The profile editor: a form generated from the schema, section by section.
+
+Choices get a Select, booleans a Switch, multi-line text a TextArea, everything else an Input checked as you type.
+Each row shows the default; edited rows are marked `*`, rows that differ from the default are bold; errors appear
+under the row in the command line's words; the focused key's help text shows at the bottom.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from rich.syntax import Syntax
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Footer, Input, Label, Select, Static, Switch, TextArea
+
+from engine.config import FieldInfo, Profile
+from engine.profile_io import Problem, ProfileError
+
+from tunix_tui.core.form import ProfileForm, value_text
+from tunix_tui.screens.dialogs import ConfirmScreen, PromptScreen, TextScreen
+
+
+
+def section_docs() -> dict[str, str]:
+    """Each section's one-line description (its dataclass docstring)."""
+    return {f.name: (f.default_factory.__doc__ or "").strip()  # type: ignore[misc,union-attr]
+            for f in dataclasses.fields(Profile)}
+
+
+def shown_default(fi: FieldInfo) -> str:
+    """The default as the form shows it (`""` for an empty string)."""
+    return value_text(fi, fi.default) or '""'
+
+
+def widget_id(key: str) -> str:
+    return "in-" + key.replace(".", "--")
+
+
+def key_of(widget_id_: str | None) -> str | None:
+    if not widget_id_ or not widget_id_.startswith("in-"):
+        return None
+    return widget_id_[3:].replace("--", ".")
+
+
+class FieldRow(Vertical):
+    """One key: its name, input, default, and error line."""
+
+    def __init__(self, fi: FieldInfo, form: ProfileForm, cursor_blink: bool):
+        super().__init__(classes="field-row", id="row-" + fi.key.replace(".", "--"))
+        self.fi = fi
+        self.form = form
+        self.cursor_blink = cursor_blink
+
+    def compose(self) -> ComposeResult:
+        fi, value = self.fi, self.form.values[self.fi.key]
+        with Horizontal(classes="field-line"):
+            yield Label(self.fi.name, classes="field-name")
+            yield self._input(fi, value)
+            yield Label(f"default {shown_default(fi)}", classes="field-default")
+        yield Label("", classes="field-error")
+
+    def _input(self, fi: FieldInfo, value: Any) -> Widget:
+        wid = widget_id(fi.key)
+        if fi.choices:
+            options = [(str(c), c) for c in fi.choices]
+            if value in fi.choices:
+                return Select(options, value=value, allow_blank=False, id=wid, classes="field-input", compact=True)
+            return Select(options, allow_blank=True, id=wid, classes="field-input", compact=True)
+        if fi.type == "bool":
+            return Switch(value=value is True, id=wid, classes="field-input")
+        if fi.multiline:
+            area = TextArea(value_text(fi, value), id=wid, classes="field-input field-area", soft_wrap=True,
+                            compact=True)
+            area.cursor_blink = self.cursor_blink
+            return area
+        inp = Input(value_text(fi, value), id=wid, classes="field-input", compact=True,
+                    placeholder="(empty)" if fi.type == "str" else fi.allowed())
+        inp.cursor_blink = self.cursor_blink
+        return inp
+
+    def show_state(self, error: Problem | None) -> None:
+        key = self.fi.key
+        name = self.query_one(".field-name", Label)
+        dirty, default = self.form.is_dirty(key), self.form.is_default(key)
+        label = Text(("* " if dirty else "  ") + self.fi.name, style="bold" if not default else "")
+        name.update(label)
+        self.set_class(dirty, "-dirty")
+        self.set_class(not default, "-changed")
+        err = self.query_one(".field-error", Label)
+        err.update(str(error) if error else "")
+        err.display = error is not None
+        self.set_class(error is not None, "-error")
+
+
+class EditorScreen(Screen):
+    """Edit, check, save and launch one profile."""
+
+    BINDINGS = [
+        Binding("f2,ctrl+s", "save", "Save"),
+        Binding("f3", "save_as", "Save as"),
+        Binding("f4", "view_toml", "TOML"),
+        Binding("f5", "launch", "Launch"),
+        Binding("f6", "revert", "Revert"),
+        Binding("escape", "back", "Back"),
+        Binding("f1", "help", "Help"),
+    ]
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.form = ProfileForm.open(path)
+        self._syncing = False
+        self._errors: dict[str, Problem] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="editor-title")
+        yield Static(id="editor-problems")
+        with VerticalScroll(id="editor-form"):
+            current = ""
+            docs = section_docs()
+            for key, fi in self.form.fields.items():
+                if fi.section != current:
+                    current = fi.section
+                    yield Label(Text.assemble((f"[{fi.section}]", "bold"), f"  {docs.get(fi.section, '')}"),
+                                classes="section-title")
+                yield FieldRow(fi, self.form, getattr(self.app, "cursor_blink", True))
+        yield Static(id="editor-help")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.refresh_state()
+        first = self.query(".field-input").first()
+        first.focus()
+
+    # -- state -------------------------------------------------------------------------------------------------
+
+    def refresh_state(self) -> None:
+        """Recheck every value and update marks, inline errors and the title."""
+        self._errors = self.form.errors()
+        for row in self.query(FieldRow):
+            row.show_state(self._errors.get(row.fi.key))
+        path = self.form.path
+        dirty = self.form.dirty_keys()
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append(f"Profile {path.name if path else '(new)'}", style="bold")
+        t.append(f"  {path}" if path else "", style="dim")
+        if path and not path.exists():
+            t.append("  not saved yet", style="yellow")
+        if dirty:
+            t.append(f"  · {len(dirty)} unsaved change(s)", style="yellow")
+        n = len(self._errors) + len(self.form.file_problems)
+        t.append(f"  · {n} problem(s)" if n else "  · valid", style="red" if n else "green")
+        self.query_one("#editor-title", Static).update(t)
+        problems = self.query_one("#editor-problems", Static)
+        if self.form.file_problems:
+            problems.update(Text("\n".join(f"file: {p}" for p in self.form.file_problems), style="red"))
+            problems.display = True
+        else:
+            problems.display = False
+
+    def _changed(self, widget: Widget, value: Any, text: bool) -> None:
+        if self._syncing:
+            return
+        key = key_of(widget.id)
+        if key is None:
+            return
+        if text:
+            self.form.set_text(key, value)
+        else:
+            self.form.set_value(key, value)
+        self.refresh_state()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self._changed(event.input, event.value, True)
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.value is not Select.BLANK:
+            self._changed(event.select, event.value, False)
+
+    def on_switch_changed(self, event: Switch.Changed) -> None:
+        self._changed(event.switch, event.value, False)
+
+    def on_text_area_changed(self, event: TextArea.Changed) -> None:
+        self._changed(event.text_area, event.text_area.text, True)
+
+    def on_descendant_focus(self, event: Any) -> None:
+        key = key_of(getattr(event.widget, "id", None))
+        if key is None:
+            return
+        fi = self.form.fields[key]
+        t = Text()
+        t.append(fi.key, style="bold")
+        t.append(f"  {fi.help}")
+        extra = f"  Allowed: {fi.allowed()}."
+        if fi.unit:
+            extra += f" Unit: {fi.unit}."
+        extra += f" Default: {shown_default(fi)}."
+        t.append(extra, style="dim")
+        self.query_one("#editor-help", Static).update(t)
+
+    def _sync_widgets(self) -> None:
+        """Put the form's values back into the widgets (after revert)."""
+        self._syncing = True
+        try:
+            for key, fi in self.form.fields.items():
+                w = self.query_one("#" + widget_id(key))
+                value = self.form.values[key]
+                if isinstance(w, Select):
+                    if value in (fi.choices or ()):
+                        w.value = value
+                elif isinstance(w, Switch):
+                    w.value = value is True
+                elif isinstance(w, TextArea):
+                    w.text = value_text(fi, value)
+                elif isinstance(w, Input):
+                    w.value = value_text(fi, value)
+        finally:
+            self.call_after_refresh(self._end_sync)
+        self.refresh_state()
+
+    def _end_sync(self) -> None:
+        self._syncing = False
+
+    # -- actions -----------------------------------------------------------------------------------------------
+
+    def _save_to(self, path: Path) -> bool:
+        try:
+            saved = self.form.save(path)
+        except ProfileError as err:
+            self.notify(f"not saved: {len(err.problems)} problem(s), e.g. {err.problems[0]}", severity="error")
+            return False
+        except OSError as exc:
+            self.notify(f"not saved: {exc}", severity="error")
+            return False
+        self.refresh_state()
+        self.notify(f"saved {saved} (only what differs from the defaults)")
+        return True
+
+    def action_save(self) -> None:
+        if self.form.path is None:
+            self.action_save_as()
+            return
+        self._save_to(self.form.path)
+
+    def action_save_as(self) -> None:
+        path = self.form.path
+        suggestion = str(path.with_name(path.stem + "-copy.toml")) if path else "profiles/new.toml"
+
+        def chosen(name: str | None) -> None:
+            if not name:
+                return
+            target = Path(name).expanduser()
+            if target.suffix != ".toml":
+                target = target.with_suffix(".toml")
+            if target.exists() and target != self.form.path:
+                def confirm(yes: bool | None) -> None:
+                    if yes:
+                        self._save_to(target)
+                self.app.push_screen(ConfirmScreen(f"Replace {target}?", yes="Replace"), confirm)
+                return
+            self._save_to(target)
+        self.app.push_screen(PromptScreen("Save the profile as", suggestion), chosen)
+
+    def action_view_toml(self) -> None:
+        text = self.form.toml(only_changed=True) or "# every key has its default value\n"
+        dark = self.app.current_theme.dark
+        body = Syntax(self.form.header + text, "toml", theme="monokai" if dark else "default",
+                      background_color="default")
+        self.app.push_screen(TextScreen("As saved (only what differs from the defaults)", body))
+
+    def action_revert(self) -> None:
+        if not self.form.dirty:
+            self.notify("nothing to revert")
+            return
+        self.form.revert()
+        self._sync_widgets()
+        self.notify("reverted to the saved file")
+
+    def action_launch(self) -> None:
+        if self._errors:
+            first = next(iter(self._errors.values()))
+            self.notify(f"cannot launch: {len(self._errors)} problem(s), e.g. {first}", severity="error")
+            return
+        path = self.form.path
+        if path is None or not path.exists():
+            self.notify("save the profile first (F2)", severity="warning")
+            return
+        self.app.launch(path, self.form.overrides())
+
+    def action_back(self) -> None:
+        if not self.form.dirty:
+            self.app.pop_screen()
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.app.pop_screen()
+        self.app.push_screen(ConfirmScreen("Discard unsaved changes?",
+                                           f"{len(self.form.dirty_keys())} key(s) changed since the last save.",
+                                           yes="Discard"), answer)
+
+    def action_help(self) -> None:
+        self.app.push_screen(TextScreen("Help", HELP))
+
+    def palette_actions(self) -> list[tuple[str, str, str]]:
+        return [("Save the profile", "writes only what differs from the defaults", "save"),
+                ("Save the profile as…", "", "save_as"), ("View the profile as TOML", "", "view_toml"),
+                ("Launch a run of this profile", "unsaved edits are passed as overrides", "launch"),
+                ("Revert to the saved file", "", "revert"), ("Back", "", "back")]
+
+
+HELP = """\
+Profile editor keys
+
+  tab / shift+tab   next / previous field
+  f2, ctrl+s        save (writes only what differs from the defaults)
+  f3                save as another file
+  f4                view the profile as TOML
+  f5                launch a run (unsaved edits are passed as overrides; the file stays as it is)
+  f6                revert to the saved file
+  escape            back (asks when there are unsaved changes)
+  f10               light / dark theme
+
+Rows marked * are edited since the last save; bold rows differ from the default. Errors appear under the row,
+worded as `tunix-tui validate` words them.
+"""

@@ -1,0 +1,272 @@
+"""Home: the profiles (project and user folders) and the runs of the output folder.
+
+Runs refresh every couple of seconds from a thread worker; a run is summarised again only when its event file
+changed, and a live engine that vanished shows as "dead".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Label, Static
+
+from tunix_tui.core.catalog import ProfileEntry, RunCatalog, RunRow, delete_run, find_profiles
+from tunix_tui.core.text import clock_time, hms, num, pct
+from tunix_tui.screens.dialogs import ConfirmScreen, PromptScreen, TextScreen
+from tunix_tui.widgets.header import STATUS_STYLE, resolve
+
+HELP = """\
+Home keys
+
+  tab        move between the profile list and the run list
+  enter      profiles: edit the profile · runs: open the run's dashboard
+  e          edit the highlighted profile
+  l          launch a run of the highlighted profile
+  n          new profile (starts from the defaults)
+  r          resume the highlighted run (stopped, failed or dead) from its checkpoint
+  d, delete  delete the highlighted run (asks first; a live run must be stopped first)
+  f5         refresh the lists
+  ctrl+p     command palette
+  f10        light / dark theme
+  q, ctrl+q  quit (running engines keep running)
+"""
+
+
+class HomeScreen(Screen):
+    """Profiles and runs."""
+
+    BINDINGS = [
+        Binding("e", "edit", "Edit"),
+        Binding("l", "launch", "Launch"),
+        Binding("n", "new_profile", "New"),
+        Binding("r", "resume", "Resume"),
+        Binding("d,delete", "delete", "Delete"),
+        Binding("f5", "refresh", "Refresh"),
+        Binding("question_mark,f1", "help", "Help"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.profiles: list[ProfileEntry] = []
+        self.runs: list[RunRow] = []
+        self._shown: list[tuple] = []
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="home-title")
+        with Container(id="home-body"):
+            with Vertical(id="profiles-box", classes="pane"):
+                yield DataTable(id="profiles", cursor_type="row", zebra_stripes=True)
+            with Vertical(id="runs-box", classes="pane"):
+                yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+                yield Label("", id="run-detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        app = self.app
+        self.query_one("#profiles-box").border_title = "Profiles"
+        self.query_one("#runs-box").border_title = "Runs"
+        self.query_one("#home-title", Static).update(Text.assemble(
+            ("tunix-tui", "bold"), "  GRPO fine-tuning of Gemma 3 with LoRA  ·  ",
+            (f"profiles: {app.profiles_dir}/, {_home_relative(app.user_profiles_dir)}/  ·  runs: {app.runs_dir}/",
+             "dim")))
+        profiles = self.query_one("#profiles", DataTable)
+        profiles.add_columns("profile", "where", "about")
+        runs = self.query_one("#runs", DataTable)
+        runs.add_columns("run", "profile", "status", "step", "reward", "acc", "started", "elapsed")
+        self.catalog = RunCatalog(app.runs_dir, clock=app.clock)
+        self.load_profiles()
+        self.show_runs(self.catalog.rows())
+        self.set_interval(app.runs_refresh, self.refresh_runs)
+        profiles.focus()
+
+    def on_screen_resume(self) -> None:
+        self.load_profiles()
+        self.refresh_runs()
+
+    # -- lists -------------------------------------------------------------------------------------------------
+
+    def load_profiles(self) -> None:
+        app = self.app
+        self.profiles = find_profiles([("project", app.profiles_dir), ("user", app.user_profiles_dir)])
+        table = self.query_one("#profiles", DataTable)
+        keep = table.cursor_row
+        table.clear()
+        for p in self.profiles:
+            about = p.description or ""
+            if p.problems:
+                about = Text(f"{p.problems} problem(s): {p.first_problem}", style="red")
+            table.add_row(p.name, p.where, about, key=str(p.path))
+        if self.profiles:
+            table.move_cursor(row=min(keep, len(self.profiles) - 1), animate=False)
+
+    @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
+    def refresh_runs(self) -> None:
+        rows = self.catalog.rows()
+        self.app.call_from_thread(self.show_runs, rows)
+
+    def show_runs(self, rows: list[RunRow]) -> None:
+        v = self.app.theme_variables
+        shown = [self._cells(r) for r in rows]
+        plain = [tuple(str(c) for c in cells) for cells in shown]
+        if plain == self._shown:
+            self.runs = rows
+            return
+        table = self.query_one("#runs", DataTable)
+        current = self._current_run()
+        table.clear()
+        for r, cells in zip(rows, shown):
+            status = Text(cells[2], style=resolve(STATUS_STYLE.get(cells[2], ""), v))
+            table.add_row(cells[0], cells[1], status, *cells[3:], key=str(r.summary.path))
+        self.runs = rows
+        self._shown = plain
+        if rows:
+            ids = [str(r.summary.path) for r in rows]
+            row = ids.index(str(current.summary.path)) if current and str(current.summary.path) in ids else 0
+            table.move_cursor(row=row, animate=False)
+        self._show_detail()
+
+    def _cells(self, r: RunRow) -> tuple[str, ...]:
+        s = r.summary
+        step = f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step)
+        status = s.status if s.status != "unknown" else ("starting" if s.alive else "no events")
+        return (s.name or s.run_id, s.profile or "-", status, step, num(s.reward, ".3f"), pct(s.accuracy),
+                clock_time(s.started, self.app.clock()), hms(r.elapsed) if s.started else "-")
+
+    def _current_run(self) -> RunRow | None:
+        table = self.query_one("#runs", DataTable)
+        if not self.runs or table.cursor_row is None or table.cursor_row >= len(self.runs):
+            return None
+        return self.runs[table.cursor_row]
+
+    def _current_profile(self) -> ProfileEntry | None:
+        table = self.query_one("#profiles", DataTable)
+        if not self.profiles or table.cursor_row >= len(self.profiles):
+            return None
+        return self.profiles[table.cursor_row]
+
+    def _show_detail(self) -> None:
+        run = self._current_run()
+        label = self.query_one("#run-detail", Label)
+        if run is None:
+            label.update(Text(f"no runs in {self.app.runs_dir}/ yet: pick a profile and press l to launch one",
+                              style="dim"))
+            return
+        s = run.summary
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append(s.run_id, style="bold")
+        if s.error:
+            t.append(f"  {s.error}", style="red")
+        elif run.can_resume:
+            t.append("  r resumes it from its latest checkpoint", style="dim")
+        elif s.alive:
+            t.append("  engine running · enter opens its dashboard", style="dim")
+        label.update(t)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "runs":
+            self._show_detail()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "runs":
+            self.action_open()
+        else:
+            self.action_edit()
+
+    # -- actions -----------------------------------------------------------------------------------------------
+
+    def action_open(self) -> None:
+        run = self._current_run()
+        if run is not None:
+            self.app.open_run(run.summary.path)
+
+    def action_edit(self) -> None:
+        profile = self._current_profile()
+        if profile is not None:
+            self.app.open_profile(profile.path)
+
+    def action_launch(self) -> None:
+        profile = self._current_profile()
+        if profile is None:
+            return
+        if profile.problems:
+            self.notify(f"{profile.name} has {profile.problems} problem(s); edit it first (e)", severity="error")
+            return
+        self.app.launch(profile.path)
+
+    def action_new_profile(self) -> None:
+        def chosen(name: str | None) -> None:
+            if not name:
+                return
+            path = Path(name)
+            if path.suffix != ".toml":
+                path = path.with_suffix(".toml")
+            if len(path.parts) == 1:
+                path = self.app.user_profiles_dir / path
+            self.app.open_profile(path)
+        self.app.push_screen(PromptScreen("New profile: file name", "my-profile.toml",
+                                          f"a bare name goes to {_home_relative(self.app.user_profiles_dir)}/"),
+                             chosen)
+
+    def action_resume(self) -> None:
+        run = self._current_run()
+        if run is None:
+            return
+        if not run.can_resume:
+            why = "it is still running" if run.summary.alive else f"it is {run.summary.status}"
+            self.notify(f"cannot resume {run.summary.name}: {why}", severity="warning")
+            return
+        self.app.resume_run(run.summary.path)
+
+    def action_delete(self) -> None:
+        run = self._current_run()
+        if run is None:
+            return
+        if run.summary.alive:
+            self.notify(f"{run.summary.name} is still running: stop it from its dashboard first",
+                        severity="warning")
+            return
+
+        def answer(yes: bool | None) -> None:
+            if not yes:
+                return
+            try:
+                delete_run(run.summary.path)
+            except (OSError, RuntimeError) as exc:
+                self.notify(str(exc), severity="error")
+                return
+            self.notify(f"deleted {run.summary.run_id}")
+            self.show_runs(self.catalog.rows())
+
+        self.app.push_screen(ConfirmScreen(f"Delete run {run.summary.run_id}?",
+                                           f"This removes {run.summary.path} with its checkpoints and events.",
+                                           yes="Delete"), answer)
+
+    def action_refresh(self) -> None:
+        self.load_profiles()
+        self._shown = []
+        self.show_runs(self.catalog.rows())
+
+    def action_help(self) -> None:
+        self.app.push_screen(TextScreen("Help", HELP))
+
+    def palette_actions(self) -> list[tuple[str, str, str]]:
+        return [("Edit the highlighted profile", "", "edit"), ("Launch the highlighted profile", "", "launch"),
+                ("New profile", "starts from the defaults", "new_profile"),
+                ("Open the highlighted run", "its dashboard", "open"),
+                ("Resume the highlighted run", "from its latest checkpoint", "resume"),
+                ("Delete the highlighted run", "asks first", "delete"), ("Refresh the lists", "", "refresh"),
+                ("Home help", "keys of this screen", "help")]
+
+
+def _home_relative(path: Path) -> str:
+    try:
+        return "~/" + str(path.relative_to(Path.home()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,64 @@
+"""The run's log: on failure the error and its traceback first, then the activity feed and the engine's output."""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from tunix_tui.core.runstate import RunState
+from tunix_tui.widgets.header import resolve
+from tunix_tui.widgets.metrics import Pane
+
+KIND_STYLE = {"error": "$error", "warning": "$warning", "ack": "$accent", "checkpoint": "$secondary",
+              "eval": "$primary", "status": "bold", "info": ""}
+
+
+class LogPane(Pane):
+    """Error and traceback, recent events, and the tail of engine.log."""
+    part = "log"
+    title = "Log"
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="log-scroll"):
+            yield Static(id="log-error", classes="error-box")
+            yield Static(id="log-feed")
+            yield Static(id="log-engine")
+
+    def update_from(self, state: RunState, now: float) -> None:
+        v = self.app.theme_variables
+        err = self.query_one("#log-error", Static)
+        last = state.error()
+        if last and (state.status == "failed" or state.dead or state.errors[-1][3]):
+            message, tb = last
+            t = Text()
+            t.append(f"Error: {message}\n", style=resolve("bold $error", v))
+            if tb:
+                t.append(tb.rstrip() + "\n", style=resolve("$error", v))
+            err.update(t)
+            err.display = True
+        else:
+            err.display = False
+        feed = Text()
+        for line in list(state.feed)[-150:]:
+            stamp = time.strftime("%H:%M:%S ", time.localtime(line.t)) if line.t else "         "
+            feed.append(stamp, style="dim")
+            feed.append(line.text + "\n", style=resolve(KIND_STYLE.get(line.kind, ""), v) or "")
+        if state.skipped:
+            feed.append(f"skipped {state.skipped} unreadable line(s): {state.last_problem}\n",
+                        style=resolve("$warning", v))
+        self.query_one("#log-feed", Static).update(feed or Text("no events yet", style="dim"))
+        engine = Text()
+        if state.engine_log:
+            engine.append("engine.log\n", style="bold underline")
+            for line in state.engine_log[-100:]:
+                engine.append(line + "\n")
+        self.query_one("#log-engine", Static).update(engine)
+        scroll = self.query_one("#log-scroll", VerticalScroll)
+        if err.display:
+            scroll.call_after_refresh(scroll.scroll_home, animate=False)
+        elif scroll.scroll_y >= scroll.max_scroll_y - 1:
+            scroll.call_after_refresh(scroll.scroll_end, animate=False)

@@ -1,0 +1,221 @@
+"""Dashboard panes over the step metrics: loss and KL, rewards, memory, timing and throughput, evaluations.
+
+Each pane has `part` (the piece of `RunState` it shows) and `update_from(state, now)`, called with the follower's
+lock held; it copies what it needs into its widgets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Static
+
+from tunix_tui.core.history import regroup
+from tunix_tui.core.runstate import RunState
+from tunix_tui.core.text import num, pct, short, size
+from tunix_tui.widgets.chart import Chart, Series
+from tunix_tui.widgets.header import resolve
+
+SERIES_COLORS = ("$secondary", "$accent", "$warning", "$success", "$error", "$foreground")
+REWARD_ABBREV = {"match_format_exactly": "exact", "match_format_approximately": "approx",
+                 "check_answer": "answer", "check_numbers": "numbers"}
+
+
+def reward_label(key: str) -> str:
+    """A short name for a reward function (`reward/check_answer` -> `answer`)."""
+    name = key.split("/", 1)[-1].split(":")[-1]
+    return REWARD_ABBREV.get(name, name[:12])
+
+
+class Pane(Vertical):
+    """A titled dashboard pane."""
+    part: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None):
+        super().__init__(id=id, classes=f"pane {classes or ''}".strip())
+        self.border_title = self.title
+
+    def update_from(self, state: RunState, now: float) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def color(self, name: str) -> str:
+        return resolve(name, self.app.theme_variables)
+
+    def state_lock(self) -> Any:
+        """The lock guarding the run state the charts read when they render."""
+        follower = getattr(self.screen, "follower", None)
+        return follower.lock if follower is not None else None
+
+
+class LossPane(Pane):
+    """Loss and KL over steps, one chart each."""
+    part = "train"
+    title = "Loss · KL"
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="loss-label", classes="legend")
+        yield Chart(id="loss-chart")
+        yield Static(id="kl-label", classes="legend")
+        yield Chart(id="kl-chart")
+
+    def update_from(self, state: RunState, now: float) -> None:
+        h = state.history
+        for key, label, color in (("loss", "loss", "$primary"), ("kl", "KL", "$secondary")):
+            chart = self.query_one(f"#{key}-chart", Chart)
+            latest = state.latest.get(key)
+            legend = Text()
+            legend.append(f"{label} ", style=self.color(color) + " bold")
+            legend.append(short(latest))
+            if key == "loss" and state.latest.get("policy_loss") is not None:
+                legend.append(f"  policy {short(state.latest.get('policy_loss'))}", style="dim")
+            if key == "kl" and state.latest.get("entropy") is not None:
+                legend.append(f"  entropy {short(state.latest.get('entropy'))}", style="dim")
+            self.query_one(f"#{key}-label", Static).update(legend)
+            chart.set_source(lambda n, key=key, label=label, c=self.color(color): [Series(label, c, h.columns(key, n))],
+                             lock=self.state_lock())
+
+
+class RewardPane(Pane):
+    """Total reward and each reward function over steps; spread, zero-spread groups, lengths."""
+    part = "train"
+    title = "Reward"
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="reward-legend", classes="legend")
+        yield Chart(id="reward-chart")
+        yield Static(id="reward-stats", classes="stats")
+
+    def update_from(self, state: RunState, now: float) -> None:
+        chart = self.query_one("#reward-chart", Chart)
+        m = state.latest
+        h = state.history
+        keys = sorted(k for k in h.keys() if k.startswith("reward/"))
+        legend = Text()
+        legend.append("total ", style=self.color("$primary") + " bold")
+        legend.append(short(m.get("reward_mean")))
+        lines = [("reward_mean", "total", self.color("$primary"))]
+        for i, key in enumerate(keys):
+            color = self.color(SERIES_COLORS[i % len(SERIES_COLORS)])
+            legend.append(f"  {reward_label(key)} ", style=color + " bold")
+            legend.append(short(m.get(key)))
+            lines.append((key, reward_label(key), color))
+        self.query_one("#reward-legend", Static).update(legend)
+        chart.set_source(lambda n: [Series(label, color, h.columns(key, n)) for key, label, color in lines],
+                         lock=self.state_lock())
+        stats = Text()
+        stats.append(f"±{short(m.get('reward_std'))} [{short(m.get('reward_min'))}, {short(m.get('reward_max'))}]")
+        stats.append("  zero-spread groups ")
+        zero = m.get("frac_reward_zero_std")
+        stats.append(pct(zero), style=self.color("$warning") + " bold" if (zero or 0) >= 0.5 else "")
+        stats.append(f"  len {num(m.get('completion_length_mean'), '.0f')}"
+                     f" ({num(m.get('completion_length_min'), '.0f')}–{num(m.get('completion_length_max'), '.0f')})"
+                     f"  truncated {pct(m.get('truncated_fraction'))}")
+        if m.get("skipped"):
+            stats.append("  last update skipped (non-finite)", style=self.color("$error"))
+        self.query_one("#reward-stats", Static).update(stats)
+
+
+class MemoryPane(Pane):
+    """Accelerator memory per device: in use, peak, limit, and the history of the first device."""
+    part = "system"
+    title = "Memory"
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="memory-table", classes="stats")
+        yield Chart(id="memory-chart")
+
+    def update_from(self, state: RunState, now: float) -> None:
+        t = Text()
+        if not state.memory:
+            t.append("no memory figures yet", style="dim")
+        for i, dev in enumerate(state.memory):
+            if i:
+                t.append("\n")
+            in_use, peak, limit = dev.get("in_use"), dev.get("peak"), dev.get("limit")
+            t.append(f"{str(dev.get('device', i))[:10]:<10} ", style="bold")
+            t.append(f"{size(in_use)} in use · peak {size(peak)}")
+            if isinstance(limit, (int, float)) and limit and isinstance(peak, (int, float)):
+                t.append(f" · limit {size(limit)} ({pct(peak / limit)})", style="dim")
+        self.query_one("#memory-table", Static).update(t)
+        chart = self.query_one("#memory-chart", Chart)
+        h = state.history
+        name = str(state.memory[0].get("device", 0)) if state.memory else ""
+        use, peak = self.color("$primary"), self.color("$warning")
+        chart.set_source(lambda n: [Series("in use", use, h.columns(f"mem:{name}:in_use", n)),
+                                    Series("peak", peak, h.columns(f"mem:{name}:peak", n))] if name else [],
+                         lock=self.state_lock(), fmt=lambda v: size(v).replace(" ", ""))
+
+
+PHASES = (("rollout", "time_rollout"), ("rewards", "time_rewards"), ("reference", "time_reference"),
+          ("update", "time_update"))
+
+
+class TimingPane(Pane):
+    """Time per phase of the latest step, throughput, and tokens/s over steps."""
+    part = "system"
+    title = "Timing · throughput"
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="timing-table", classes="stats")
+        yield Chart(id="throughput-chart")
+
+    def update_from(self, state: RunState, now: float) -> None:
+        m = state.latest
+        total = m.get("time_step")
+        phases = [(name, m.get(key)) for name, key in PHASES]
+        known = sum(v for _, v in phases if isinstance(v, (int, float)))
+        denom = total if isinstance(total, (int, float)) and total > 0 else known or None
+        t = Text()
+        width = max(6, min(24, (self.size.width or 40) - 30))
+        for name, value in phases:
+            share = value / denom if denom and isinstance(value, (int, float)) else None
+            filled = int(round((share or 0) * width))
+            t.append(f"{name:<10}{num(value, '.2f'):>7} s ")
+            t.append("█" * filled, style=self.color("$primary"))
+            t.append("░" * (width - filled) + f" {pct(share)}\n", style="dim")
+        t.append(f"step {num(total, '.2f')} s · {num(m.get('tokens_per_s'), '.0f')} tokens/s\n", style="bold")
+        t.append(f"grad norm {short(m.get('grad_norm'))} · lr {short(m.get('learning_rate'))} · "
+                 f"clip {pct(m.get('clip_fraction'))}", style="dim")
+        self.query_one("#timing-table", Static).update(t)
+        chart = self.query_one("#throughput-chart", Chart)
+        h, color = state.history, self.color("$success")
+        chart.set_source(lambda n: [Series("tokens/s", color, h.columns("tokens_per_s", n))], lock=self.state_lock())
+
+
+class EvalPane(Pane):
+    """Evaluation results over time: accuracy, partial and format accuracy."""
+    part = "eval"
+    title = "Evaluation"
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="eval-legend", classes="legend")
+        yield Chart(id="eval-chart")
+        yield Static(id="eval-table", classes="stats")
+
+    def update_from(self, state: RunState, now: float) -> None:
+        evals = list(state.evals)
+        chart = self.query_one("#eval-chart", Chart)
+        legend = Text()
+        lines = []
+        for attr, label, color in (("accuracy", "accuracy", "$primary"), ("partial_accuracy", "partial", "$accent"),
+                                   ("format_accuracy", "format", "$secondary")):
+            values = [getattr(e, attr) for e in evals]
+            lines.append((label, self.color(color), [None if v is None else (v, v) for v in values]))
+            legend.append(f"{label} ", style=self.color(color) + " bold")
+            legend.append(f"{pct(values[-1]) if values else '-'}  ")
+        self.query_one("#eval-legend", Static).update(legend)
+        chart.set_source(lambda n: [Series(label, color, regroup(spans, n)) for label, color, spans in lines],
+                         empty_text="no evaluation yet", fmt=pct)
+        table = Text()
+        table.append(f"{'step':>6} {'split':<10} {'n':>5} {'acc':>7} {'partial':>7} {'format':>7}\n", style="bold")
+        rows = max(1, (self.size.height or 10) // 3)
+        for e in evals[-rows:][::-1]:
+            table.append(f"{e.step:>6} {e.split[:10]:<10} {e.num_questions:>5} {pct(e.accuracy):>7} "
+                         f"{pct(e.partial_accuracy):>7} {pct(e.format_accuracy):>7}\n")
+        if not evals:
+            table.append("no evaluation yet", style="dim")
+        self.query_one("#eval-table", Static).update(table)

@@ -1,0 +1,137 @@
+"""Sample groups: each completion's per-reward scores, total and advantage; its full text with the reasoning and
+answer tags highlighted; the text being generated right now; scrolling back through earlier steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import DataTable, Static
+
+from tunix_tui.core.runstate import RunState
+from tunix_tui.core.text import ellipsize, num, tag_segments
+from tunix_tui.widgets.header import resolve
+from tunix_tui.widgets.metrics import Pane, reward_label
+
+ROLE_STYLE = {"tag": "bold $accent", "reasoning": "italic", "answer": "bold $success", "": ""}
+
+
+def highlighted(text: str, variables: dict[str, str]) -> Text:
+    """A completion with its <reasoning>/<answer> tags and contents styled."""
+    out = Text()
+    for piece, role in tag_segments(text):
+        out.append(piece, style=resolve(ROLE_STYLE[role], variables) if ROLE_STYLE[role] else "")
+    return out
+
+
+class SamplesPane(Pane):
+    """The latest sample group (or an earlier one), one row per completion, with the highlighted one's text."""
+    part = "samples"
+    title = "Samples"
+
+    def __init__(self, **kw: Any):
+        super().__init__(**kw)
+        self.index: int | None = None  # None follows the newest group
+        self.group: dict[str, Any] | None = None
+        self._shown: tuple[int, int] | None = None  # (offset index, count) the table shows
+        self.row = 0
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="samples-title", classes="legend")
+        yield Static(id="samples-prompt", classes="stats")
+        with Horizontal(id="samples-body"):
+            table = DataTable(id="samples-table", cursor_type="row", zebra_stripes=True)
+            yield table
+            with VerticalScroll(id="samples-text-box"):
+                yield Static(id="samples-text")
+        yield Static(id="samples-live", classes="live")
+
+    def move(self, state: RunState, delta: int | None) -> None:
+        """Show an earlier (-1) or later (+1) group; None follows the newest again."""
+        count = len(state.samples)
+        if delta is None or not count:
+            self.index = None
+        else:
+            current = count - 1 if self.index is None else self.index
+            target = max(0, min(count - 1, current + delta))
+            self.index = None if target == count - 1 else target
+        self.update_from(state, 0.0)
+
+    def update_from(self, state: RunState, now: float) -> None:
+        v = self.app.theme_variables
+        count = len(state.samples)
+        index = count - 1 if self.index is None else min(self.index, count - 1)
+        title = Text(no_wrap=True, overflow="ellipsis")
+        if count:
+            key = (index, count if self.index is None else -1)
+            group = state.samples.get(index)
+            position = "newest" if self.index is None else f"{index + 1} of {count}"
+            title.append(f"step {state.samples.steps[index]}", style="bold")
+            title.append(f"  group {position}  ·  [ earlier  ] later  f newest  enter full text", style="dim")
+            if key != self._shown or group is not self.group:
+                self.group = group
+                self._shown = key
+                self._fill_table(group)
+        else:
+            title.append("no sample groups yet", style="dim")
+        self.query_one("#samples-title", Static).update(title)
+        self._show_live(state, v)
+
+    def _fill_table(self, group: dict[str, Any] | None) -> None:
+        table = self.query_one("#samples-table", DataTable)
+        prompt = self.query_one("#samples-prompt", Static)
+        table.clear(columns=True)
+        if not group:
+            prompt.update(Text("this sample could not be read", style="dim"))
+            self.query_one("#samples-text", Static).update("")
+            return
+        completions = [c for c in group.get("completions") or [] if isinstance(c, dict)]
+        rewards = list(dict.fromkeys(k for c in completions for k in (c.get("rewards") or {})))
+        table.add_columns("#", "total", "adv", *(reward_label(r) for r in rewards), "len", "text")
+        for i, c in enumerate(completions):
+            scores = c.get("rewards") or {}
+            length = f"{c.get('length', '-')}" + ("+" if c.get("truncated") else "")
+            table.add_row(str(i + 1), num(c.get("total"), ".2f"), num(c.get("advantage"), "+.2f"),
+                          *(num(scores.get(r), ".2f") for r in rewards), length,
+                          ellipsize(str(c.get("text", "")), 40), key=str(i))
+        q = ellipsize(str(group.get("prompt", "")), 400)
+        prompt.update(Text.assemble(("Q ", "bold"), q, ("  answer ", "bold"), str(group.get("answer", ""))))
+        self.row = min(self.row, max(0, len(completions) - 1))
+        if completions:
+            table.move_cursor(row=self.row, animate=False)
+        self.show_text(self.row)
+
+    def completions(self) -> list[dict[str, Any]]:
+        if not self.group:
+            return []
+        return [c for c in self.group.get("completions") or [] if isinstance(c, dict)]
+
+    def show_text(self, row: int) -> None:
+        """Show the full text of completion `row` beside the table."""
+        self.row = row
+        comps = self.completions()
+        box = self.query_one("#samples-text", Static)
+        if not comps or row >= len(comps):
+            box.update("")
+            return
+        box.update(highlighted(str(comps[row].get("text", "")), self.app.theme_variables))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        self.show_text(event.cursor_row)
+
+    def _show_live(self, state: RunState, v: dict[str, str]) -> None:
+        live = self.query_one("#samples-live", Static)
+        partial = state.latest_partial()
+        if not partial or state.final:
+            live.update(Text("nothing being generated now", style="dim"))
+            return
+        texts = [str(x) for x in partial.get("texts") or []]
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append(f"generating step {partial.get('step')} · {partial.get('tokens_done')}/{partial.get('max_tokens')}"
+                 f" tokens: ", style=resolve("bold $accent", v))
+        if texts:
+            t.append_text(highlighted(" ".join(texts[0].split())[-300:], v))
+        live.update(t)
