@@ -217,3 +217,34 @@ def test_missing_file_not_a_gguf_and_other_architecture(tmp_path):
         load_gguf(llama)
     with pytest.raises(MissingWeightsError, match="270M, not 1b"):
         load_model_and_tokenizer(section("", model_size="1b"))
+
+
+def test_fast_container_reader_agrees_with_gguf_reader(tmp_path):
+    from engine.weights.gguf_format import read_gguf_file
+
+    path = tmp_path / "tiny.gguf"
+    write_gguf(path, llama_cpp_tensors(random_params()), quantize=("token_embd.weight", "blk.0.ffn_up.weight"))
+    ours = read_gguf_file(path)
+    ref = gguf.GGUFReader(path)
+    for key, field in ref.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        want = field.contents()
+        got = ours.metadata[key]
+        assert (got.tolist() if isinstance(got, np.ndarray) else got) == pytest.approx(want), key
+    assert [t.name for t in ours.tensors] == [t.name for t in ref.tensors]
+    for t, r in zip(ours.tensors, ref.tensors):
+        assert t.ggml_type == int(r.tensor_type) and t.shape == tuple(int(s) for s in reversed(r.shape))
+        np.testing.assert_array_equal(ours.raw(t).reshape(-1), np.asarray(r.data).view(np.uint8).reshape(-1))
+
+
+def test_truncated_file_is_reported(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    write_gguf(path, llama_cpp_tensors(random_params()))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(WeightsError, match=r"tiny\.gguf: tensor .* runs past the end of the file"):
+        load_gguf(path)
+    path.write_bytes(data[:5000])
+    with pytest.raises(WeightsError, match=r"tiny\.gguf: not a readable GGUF file"):
+        load_gguf(path)

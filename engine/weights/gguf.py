@@ -2,7 +2,8 @@
 
 Facts about llama.cpp's Gemma 3 files: every `*norm.weight` is stored as `1 + w` (we subtract 1); shapes in the
 header are listed innermost-first, so a matrix reads back as [out, in] (we transpose to `x @ W`); q/k are not
-permuted. The first load dequantizes every tensor (seconds); the result is cached under the user's cache folder
+permuted. The container is parsed by `gguf_format` (fast); tensors are dequantized by the `gguf` package. The
+first load dequantizes every tensor (seconds); the result is cached under the user's cache folder
 (`engine.weights.common.cache_root()`), keyed by the file's size and a hash of its head and tail, so later loads
 only read float32 arrays.
 """
@@ -31,6 +32,7 @@ from engine.weights.common import (
     require_path,
 )
 from engine.weights.errors import MissingWeightsError, ShapeMismatchError, UnknownTensorError, WeightsError
+from engine.weights.gguf_format import GGUFFile, read_gguf_file
 
 CACHE_FORMAT = 1
 _NORMS = {
@@ -81,63 +83,60 @@ def cache_dir_for(path: Path) -> Path:
     return cache_root() / "gguf" / f"{path.stem}-{_file_key(path)}"
 
 
-def _field(reader: Any, key: str) -> Any:
-    f = reader.fields.get(key)
-    if f is None:
-        return None
-    value = f.contents()
-    if isinstance(value, list):  # per-layer arrays: one value when all agree
-        return value[0] if value and all(v == value[0] for v in value) else None
+def _field(meta: dict[str, Any], key: str) -> Any:
+    """A metadata value; a per-layer array counts as one value when all its entries agree."""
+    value = meta.get(key)
+    if isinstance(value, (list, np.ndarray)):
+        items = list(value.tolist() if isinstance(value, np.ndarray) else value)
+        return items[0] if items and all(v == items[0] for v in items) else None
     return value
 
 
-def read_facts(reader: Any, origin: str) -> CheckpointFacts:
+def read_facts(meta: dict[str, Any], origin: str) -> CheckpointFacts:
     """Architecture hyper-parameters from the GGUF metadata (`<arch>.embedding_length`, ...)."""
-    arch = _field(reader, "general.architecture")
+    arch = _field(meta, "general.architecture")
     if arch != "gemma3":
         raise WeightsError(f"{origin}: architecture is {arch!r}, not 'gemma3'")
     a = "gemma3."
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    scale_type = _field(reader, a + "rope.scaling.type")
-    scale = _field(reader, a + "rope.scaling.factor")
-    pattern = _field(reader, a + "attention.sliding_window_pattern")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    scale_type = _field(meta, a + "rope.scaling.type")
+    scale = _field(meta, a + "rope.scaling.factor")
+    pattern = _field(meta, a + "attention.sliding_window_pattern")
     return CheckpointFacts(
-        vocab_size=len(tokens.data) if tokens is not None else None,
-        embed_dim=_field(reader, a + "embedding_length"),
-        hidden_dim=_field(reader, a + "feed_forward_length"),
-        num_layers=_field(reader, a + "block_count"),
-        num_heads=_field(reader, a + "attention.head_count"),
-        num_kv_heads=_field(reader, a + "attention.head_count_kv"),
-        head_dim=_field(reader, a + "attention.key_length"),
-        sliding_window=_field(reader, a + "attention.sliding_window"),
-        local_rope_base=_field(reader, a + "rope.freq_base_swa"),
-        global_rope_base=_field(reader, a + "rope.freq_base"),
+        vocab_size=len(tokens) if tokens is not None else None,
+        embed_dim=_field(meta, a + "embedding_length"),
+        hidden_dim=_field(meta, a + "feed_forward_length"),
+        num_layers=_field(meta, a + "block_count"),
+        num_heads=_field(meta, a + "attention.head_count"),
+        num_kv_heads=_field(meta, a + "attention.head_count_kv"),
+        head_dim=_field(meta, a + "attention.key_length"),
+        sliding_window=_field(meta, a + "attention.sliding_window"),
+        local_rope_base=_field(meta, a + "rope.freq_base_swa"),
+        global_rope_base=_field(meta, a + "rope.freq_base"),
         global_rope_scale=(float(scale) if scale and scale_type != "none" else 1.0),
         global_every=pattern if isinstance(pattern, int) and not isinstance(pattern, bool) else None,
     )
 
 
-def read_vocab(reader: Any, origin: str) -> dict[str, Any]:
+def read_vocab(meta: dict[str, Any], origin: str) -> dict[str, Any]:
     """The tokenizer vocabulary and special ids stored in the GGUF (`tokenizer.ggml.*`)."""
-    fields = reader.fields
     needed = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type")
-    absent = [k for k in needed if k not in fields]
+    absent = [k for k in needed if k not in meta]
     if absent:
         raise MissingWeightsError(f"{origin}: no tokenizer vocabulary in the file ({', '.join(absent)} missing)")
-    tk, sc, ty = (fields[k] for k in needed)
-    types = [int(ty.parts[i][0]) for i in ty.data]
-    pieces = [bytes(tk.parts[i]).decode("utf-8") for i in tk.data]
+    pieces, scores, types = (meta[k] for k in needed)
+    types = [int(t) for t in types]
     # llama.cpp writes user-defined pieces with plain spaces; SentencePiece matches them in escaped text (U+2581).
     pieces = [p.replace(" ", "\u2581") if t == 4 else p for p, t in zip(pieces, types)]
     return {
         "pieces": pieces,
-        "scores": [float(sc.parts[i][0]) for i in sc.data],
+        "scores": [float(x) for x in scores],
         "types": types,
-        "bos_id": _field(reader, "tokenizer.ggml.bos_token_id"),
-        "eos_id": _field(reader, "tokenizer.ggml.eos_token_id"),
-        "pad_id": _field(reader, "tokenizer.ggml.padding_token_id"),
-        "unk_id": _field(reader, "tokenizer.ggml.unknown_token_id"),
-        "add_space_prefix": bool(_field(reader, "tokenizer.ggml.add_space_prefix") or False),
+        "bos_id": _field(meta, "tokenizer.ggml.bos_token_id"),
+        "eos_id": _field(meta, "tokenizer.ggml.eos_token_id"),
+        "pad_id": _field(meta, "tokenizer.ggml.padding_token_id"),
+        "unk_id": _field(meta, "tokenizer.ggml.unknown_token_id"),
+        "add_space_prefix": bool(_field(meta, "tokenizer.ggml.add_space_prefix") or False),
     }
 
 
@@ -160,24 +159,26 @@ def _canonical(name: str, array: np.ndarray, origin: str) -> list[tuple[str, np.
     raise UnknownTensorError(f"{origin}: tensor {name!r} is not part of a Gemma 3 text model this loader knows")
 
 
-def dequantize_all(reader: Any, origin: str, on_progress: Progress = no_progress) -> dict[str, np.ndarray]:
+def dequantize_all(file: GGUFFile, origin: str, on_progress: Progress = no_progress) -> dict[str, np.ndarray]:
     """Every tensor of the file as canonical float32 arrays."""
+    from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
     params: dict[str, np.ndarray] = {}
-    total = len(reader.tensors)
-    for n, t in enumerate(reader.tensors):
+    total = len(file.tensors)
+    for n, t in enumerate(file.tensors):
+        qtype = GGMLQuantizationType(t.ggml_type)
+        raw = file.raw(t)
         try:
-            array = dequantize(t.data, t.tensor_type)
-        except NotImplementedError as exc:
-            raise WeightsError(f"{origin}: tensor {t.name!r}: cannot dequantize {t.tensor_type.name} ({exc})") from None
+            array = dequantize(raw, qtype)
+        except (NotImplementedError, ValueError) as exc:
+            raise WeightsError(f"{origin}: tensor {t.name!r}: cannot dequantize {qtype.name} ({exc})") from None
         array = np.asarray(array, dtype=np.float32)
-        if np.may_share_memory(array, t.data):  # unquantized tensors are views of the memory-mapped file
+        if np.may_share_memory(array, raw):  # unquantized tensors are views of the memory-mapped file
             array = array.copy()
-        want = tuple(int(s) for s in reversed(t.shape))
-        if array.shape != want:
+        if array.shape != t.shape:
             raise ShapeMismatchError(f"{origin}: tensor {t.name!r} dequantized to {list(array.shape)}, "
-                                     f"header says {list(want)}")
+                                     f"header says {list(t.shape)}")
         for key, value in _canonical(t.name, array, origin):
             params[key] = value
         if (n + 1) % 40 == 0:
@@ -257,19 +258,17 @@ def load_gguf(path: str | os.PathLike | None = None, *, use_cache: bool = True,
             facts, params, proto = cached
             on_progress(f"loaded dequantized weights from cache {folder}")
             return Checkpoint(facts, params, origin, extra={"tokenizer_proto": proto, "cache": str(folder)})
-    import gguf
-
     t0 = time.perf_counter()
     on_progress(f"reading {p.name}")
+    file = read_gguf_file(p)
     try:
-        reader = gguf.GGUFReader(p)
-    except (ValueError, OSError) as exc:
-        raise WeightsError(f"{origin}: not a readable GGUF file ({exc})") from None
-    facts = read_facts(reader, origin)
-    on_progress(f"dequantizing {len(reader.tensors)} tensors")
-    params = dequantize_all(reader, origin, on_progress)
+        facts = read_facts(file.metadata, origin)
+        on_progress(f"dequantizing {len(file.tensors)} tensors")
+        params = dequantize_all(file, origin, on_progress)
+    finally:
+        _close(file)
     facts = facts.merged(facts_from_params(params))
-    proto = _tokenizer_proto(read_vocab(reader, origin), origin)
+    proto = _tokenizer_proto(read_vocab(file.metadata, origin), origin)
     on_progress(f"read {p.name} in {time.perf_counter() - t0:.1f} s")
     extra: dict[str, Any] = {"tokenizer_proto": proto}
     if folder is not None:
@@ -289,7 +288,13 @@ def gguf_tokenizer_proto(path: str | os.PathLike | None = None, *, use_cache: bo
         cached = cache_dir_for(p) / "tokenizer.model"
         if cached.is_file():
             return cached.read_bytes()
-    import gguf
+    file = read_gguf_file(p)
+    _close(file)
+    return _tokenizer_proto(read_vocab(file.metadata, str(p)), str(p))
 
-    reader = gguf.GGUFReader(p)
-    return _tokenizer_proto(read_vocab(reader, str(p)), str(p))
+
+def _close(file: GGUFFile) -> None:
+    try:
+        file.close()
+    except BufferError:  # a view of the mapping is still alive somewhere; the mapping goes with it
+        pass
