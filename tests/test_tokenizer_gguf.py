@@ -63,3 +63,22 @@ def test_serialized_model_reloads_from_file(tok, tmp_path):
     again = load_tokenizer(path)
     text = "The capital of France is Paris. 😀"
     assert again.encode(text) == tok.encode(text)
+
+
+def test_random_270m_without_tokenizer_path_gets_the_packaged_vocabulary(tmp_path):
+    import types
+
+    from engine.model.config import model_config
+    from engine.model.load import load_tokenizer_for
+
+    section = types.SimpleNamespace(tokenizer_path="")
+    messages: list[str] = []
+    tok = load_tokenizer_for(section, model_config("270m"), None, messages.append)
+    assert tok.encode("The capital of France is", add_bos=True) == [2, 818, 5279, 529, 7001, 563]
+    assert any("packaged GGUF" in m for m in messages)
+    path = tmp_path / "tokenizer.model"
+    path.write_bytes(tok.serialized())
+    named = load_tokenizer_for(types.SimpleNamespace(tokenizer_path=str(path)), model_config("270m"), None)
+    assert named.encode("Paris") == tok.encode("Paris")
+    tiny = load_tokenizer_for(section, model_config("tiny"), None)
+    assert tiny.vocab_size == 384

@@ -248,3 +248,22 @@ def test_truncated_file_is_reported(tmp_path):
     path.write_bytes(data[:5000])
     with pytest.raises(WeightsError, match=r"tiny\.gguf: not a readable GGUF file"):
         load_gguf(path)
+
+
+def test_path_source_detects_gguf_and_bfloat16_dtype(tmp_path):
+    import jax.numpy as jnp
+
+    from engine.model.load import resolve_dtype
+
+    params = random_params(9)
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    write_gguf(folder / "tiny.gguf", llama_cpp_tensors(params))
+    model, _ = load_model_and_tokenizer(section(folder, weight_source="path", dtype="bfloat16"))
+    assert model.embedder.input_embedding[...].dtype == jnp.bfloat16
+    expected = reference_logits(as_stored(params), TOKENS)
+    got = tiny_logits(model, TOKENS).astype(np.float32)
+    assert np.abs(got - expected).max() < 0.1 * np.abs(expected).max()
+    assert resolve_dtype("auto") == jnp.float32  # CPU
+    with pytest.raises(ValueError, match="float16"):
+        resolve_dtype("float16")
