@@ -8,6 +8,7 @@ chosen model size before anything is assigned.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -88,8 +89,6 @@ def fit_vocab(ckpt: Checkpoint, cfg: ModelConfig, on_progress: Callable[[str], N
         on_progress(f"using the first {cfg.vocab_size} of {emb.shape[0]} embedding rows (text vocabulary)")
         ckpt.params["embedder.input_embedding"] = np.ascontiguousarray(emb[: cfg.vocab_size])
         if ckpt.facts.vocab_size is not None and ckpt.facts.vocab_size > cfg.vocab_size:
-            import dataclasses
-
             ckpt.facts = dataclasses.replace(ckpt.facts, vocab_size=cfg.vocab_size)
 
 

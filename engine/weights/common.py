@@ -175,8 +175,10 @@ def check_facts(facts: CheckpointFacts, cfg: Any, origin: str) -> None:
     """Raise ConfigMismatchError naming every hyper-parameter on which checkpoint and config disagree."""
     problems = facts_mismatches(facts, cfg)
     if problems:
-        raise ConfigMismatchError(f"{origin} does not match the profile's model: " + "; ".join(problems)
-                                  + ". Choose the model size the checkpoint was made for.")
+        fits = size_for_facts(facts)
+        hint = (f" It looks like a Gemma 3 {fits} checkpoint: set model.model_size = \"{fits}\"." if fits
+                else " Choose the model size the checkpoint was made for.")
+        raise ConfigMismatchError(f"{origin} does not match the profile's model: " + "; ".join(problems) + "." + hint)
 
 
 def size_for_facts(facts: CheckpointFacts, sizes: tuple[str, ...] = ("tiny", "270m", "1b", "4b")) -> str | None:
