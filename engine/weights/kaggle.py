@@ -160,7 +160,9 @@ def _kagglehub_cache(handle: str) -> Path | None:
 
 
 def _reachable(host: str, timeout: float = 5.0) -> str | None:
-    """None when `host:443` accepts a connection within `timeout`, else the reason."""
+    """None when `host:443` accepts a connection within `timeout` (or a proxy is configured), else the reason."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # the proxy decides; kagglehub's own errors are reported
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
         return None
