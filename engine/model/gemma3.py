@@ -1,0 +1,260 @@
+"""Gemma 3 text model in Flax NNX.
+
+Module attribute names are chosen so that `nnx.state` paths equal the canonical weight names of
+docs/contracts.md (e.g. `layers.3.attn.q_einsum.kernel`). All projections use the `x @ W` convention.
+
+Attention masks are given by the caller over cache slots (`attn_mask[b, t, s]`: query `t` may see slot `s`);
+the model adds the sliding window of local layers itself, measured as the distance between slots. Rows are
+left-padded and contiguous, so slot distance equals position distance.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from engine.model.config import ModelConfig
+
+_MASK_VALUE = -1e30  # finite: a query whose every key is masked gets a uniform (unused) result, never NaN
+_NORM_EPS = 1e-6
+
+
+class Cache(NamedTuple):
+    """Key/value cache: one `[B, num_kv_heads, S, head_dim]` array per layer, and the next write slot."""
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+    index: jax.Array  # int32 scalar: slot where the next call's first token is written
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: jnp.dtype) -> Cache:
+    """An empty cache of `max_len` slots for `batch` rows."""
+    shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    return Cache(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+                 index=jnp.zeros((), jnp.int32))
+
+
+def make_positions(valid: jax.Array) -> jax.Array:
+    """RoPE positions for left-padded rows: counted from each row's first real token (pads get 0)."""
+    return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def causal_attention_mask(valid: jax.Array) -> jax.Array:
+    """bool[B, T, T] mask for a full forward pass: query t sees real tokens at slots <= t."""
+    t = valid.shape[-1]
+    causal = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]
+    return valid[:, None, :] & causal[None]
+
+
+def _normal(stddev: float):
+    return nnx.initializers.normal(stddev=stddev)
+
+
+class RMSNorm(nnx.Module):
+    """`x * rsqrt(mean(x^2) + 1e-6) * (1 + scale)`, computed in float32."""
+
+    def __init__(self, dim: int, *, param_dtype: jnp.dtype):
+        self.scale = nnx.Param(jnp.zeros((dim,), param_dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = x32 * jax.lax.rsqrt(var + _NORM_EPS) * (1.0 + self.scale[...].astype(jnp.float32))
+        return y.astype(x.dtype)
+
+
+class Proj(nnx.Module):
+    """Bias-free projection `x @ kernel`; `apply_lora` may attach an `nnx.LoRA` as `lora` (scaled by `lora_scale`)."""
+
+    def __init__(self, din: int, dout: int, *, param_dtype: jnp.dtype, dtype: jnp.dtype, rngs: nnx.Rngs):
+        init = _normal(din ** -0.5)(rngs.params(), (din, dout), jnp.float32)
+        self.kernel = nnx.Param(init.astype(param_dtype))
+        self.dtype = dtype
+        self.lora = nnx.data(None)
+        self.lora_scale = 1.0
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(self.dtype)
+        y = jnp.dot(x, self.kernel[...].astype(self.dtype))
+        if self.lora is not None:
+            y = y + (self.lora(x) * self.lora_scale).astype(y.dtype)
+        return y
+
+
+class Embedder(nnx.Module):
+    """Token embedding (scaled by sqrt(d) in the compute dtype), tied to the output layer."""
+
+    def __init__(self, vocab: int, dim: int, *, param_dtype: jnp.dtype, dtype: jnp.dtype, rngs: nnx.Rngs):
+        init = _normal(dim ** -0.5)(rngs.params(), (vocab, dim), jnp.float32)
+        self.input_embedding = nnx.Param(init.astype(param_dtype))
+        self.dtype = dtype
+
+    def encode(self, tokens: jax.Array) -> jax.Array:
+        x = jnp.take(self.input_embedding[...], tokens, axis=0).astype(self.dtype)
+        return x * jnp.sqrt(jnp.float32(x.shape[-1])).astype(self.dtype)
+
+    def decode(self, hidden: jax.Array) -> jax.Array:
+        emb = self.input_embedding[...].astype(self.dtype)
+        return jnp.einsum("...d,vd->...v", hidden.astype(self.dtype), emb)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, base: float, scale: float) -> tuple[jax.Array, jax.Array]:
+    """sin, cos of shape [B, T, 1, head_dim // 2] for split-half RoPE (positions divided by `scale`)."""
+    half = head_dim // 2
+    inv_freq = base ** (-2.0 * jnp.arange(half, dtype=jnp.float32) / head_dim)
+    angle = (positions.astype(jnp.float32) / scale)[..., None] * inv_freq
+    return jnp.sin(angle)[..., None, :], jnp.cos(angle)[..., None, :]
+
+
+def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+    """Rotate the two halves of the last axis of x [B, T, N, h]."""
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def _scores(qg: jax.Array, keys: jax.Array) -> jax.Array:
+    """q [B, T, K, G, h] . keys [B, K, S, h] -> float32 [B, K, G, T, S].
+
+    For one query (decoding) a multiply-and-reduce reads the cache once in its stored layout; XLA's CPU dot
+    would first copy it into another layout."""
+    if qg.shape[1] == 1:
+        q = qg[:, 0].astype(jnp.float32)                                     # [B, K, G, h]
+        return jnp.sum(q[:, :, :, None, :] * keys[:, :, None].astype(jnp.float32), axis=-1)[:, :, :, None, :]
+    return jnp.einsum("btkgh,bksh->bkgts", qg, keys, preferred_element_type=jnp.float32)
+
+
+def _weighted_values(probs: jax.Array, values: jax.Array) -> jax.Array:
+    """probs [B, K, G, T, S] . values [B, K, S, h] -> [B, T, K, G, h]."""
+    if probs.shape[3] == 1:
+        p = probs[:, :, :, 0].astype(jnp.float32)                             # [B, K, G, S]
+        out = jnp.sum(p[..., None] * values[:, :, None].astype(jnp.float32), axis=3)  # [B, K, G, h]
+        return out[:, None].astype(values.dtype)
+    return jnp.einsum("bkgts,bksh->btkgh", probs, values)
+
+
+class Attention(nnx.Module):
+    """Grouped-query attention with QK-norm before RoPE and a KV cache."""
+
+    def __init__(self, cfg: ModelConfig, *, param_dtype: jnp.dtype, dtype: jnp.dtype, rngs: nnx.Rngs):
+        d, hd = cfg.embed_dim, cfg.head_dim
+        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.q_einsum = Proj(d, cfg.num_heads * hd, **kw)
+        self.kv_einsum = Proj(d, 2 * cfg.num_kv_heads * hd, **kw)
+        self.attn_vec_einsum = Proj(cfg.num_heads * hd, d, **kw)
+        self.q_norm = RMSNorm(hd, param_dtype=param_dtype)
+        self.k_norm = RMSNorm(hd, param_dtype=param_dtype)
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, hd
+        self.query_scale = cfg.query_scale
+
+    def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array], mask: jax.Array,
+                 kv: tuple[jax.Array, jax.Array] | None, index: jax.Array | None,
+                 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        b, t, _ = x.shape
+        nh, nk, hd = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q_einsum(x).reshape(b, t, nh, hd)
+        kvp = self.kv_einsum(x).reshape(b, t, 2, nk, hd)
+        k, v = kvp[:, :, 0], kvp[:, :, 1]
+        sin, cos = rope
+        q = apply_rope(self.q_norm(q), sin, cos) * jnp.asarray(self.query_scale, q.dtype)
+        k = apply_rope(self.k_norm(k), sin, cos)
+        qg = q.reshape(b, t, nk, nh // nk, hd)
+        k = k.transpose(0, 2, 1, 3)  # [B, K, T, h]
+        v = v.transpose(0, 2, 1, 3)
+        if kv is None:
+            keys, values, new_kv = k, v, None
+        else:
+            # Write first, then attend over the whole cache: the old cache has no other reader, so XLA updates it
+            # in place (reading the old cache and writing it independently makes XLA copy it every step).
+            keys = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, 0, index, 0))
+            values = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, 0, index, 0))
+            new_kv = (keys, values)
+        scores = _scores(qg, keys.astype(q.dtype))
+        scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+        out = _weighted_values(probs, values.astype(q.dtype))
+        out = out.reshape(b, t, nh * hd)
+        return self.attn_vec_einsum(out), new_kv
+
+
+class MLP(nnx.Module):
+    """`down(gelu_tanh(gate(x)) * up(x))`."""
+
+    def __init__(self, cfg: ModelConfig, *, param_dtype: jnp.dtype, dtype: jnp.dtype, rngs: nnx.Rngs):
+        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.gate_proj = Proj(cfg.embed_dim, cfg.hidden_dim, **kw)
+        self.up_proj = Proj(cfg.embed_dim, cfg.hidden_dim, **kw)
+        self.down_proj = Proj(cfg.hidden_dim, cfg.embed_dim, **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.gelu(self.gate_proj(x), approximate=True) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+    """One decoder layer: norms before and after both attention and MLP."""
+
+    def __init__(self, cfg: ModelConfig, *, param_dtype: jnp.dtype, dtype: jnp.dtype, rngs: nnx.Rngs):
+        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.pre_attention_norm = RMSNorm(cfg.embed_dim, param_dtype=param_dtype)
+        self.attn = Attention(cfg, **kw)
+        self.post_attention_norm = RMSNorm(cfg.embed_dim, param_dtype=param_dtype)
+        self.pre_ffw_norm = RMSNorm(cfg.embed_dim, param_dtype=param_dtype)
+        self.mlp = MLP(cfg, **kw)
+        self.post_ffw_norm = RMSNorm(cfg.embed_dim, param_dtype=param_dtype)
+
+    def __call__(self, x, rope, mask, kv, index):
+        a, new_kv = self.attn(self.pre_attention_norm(x), rope, mask, kv, index)
+        x = x + self.post_attention_norm(a)
+        x = x + self.post_ffw_norm(self.mlp(self.pre_ffw_norm(x)))
+        return x, new_kv
+
+
+class Gemma3(nnx.Module):
+    """Gemma 3 decoder (text only). `__call__` returns hidden states after the final norm; `logits` applies the
+    tied output layer, so callers compute logits only where they need them."""
+
+    def __init__(self, cfg: ModelConfig, *, param_dtype: jnp.dtype = jnp.float32,
+                 dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.param_dtype = jnp.dtype(param_dtype)
+        self.dtype = jnp.dtype(dtype)
+        kw = dict(param_dtype=self.param_dtype, dtype=self.dtype, rngs=rngs)
+        self.embedder = Embedder(cfg.vocab_size, cfg.embed_dim, **kw)
+        self.layers = nnx.List([Block(cfg, **kw) for _ in range(cfg.num_layers)])
+        self.final_norm = RMSNorm(cfg.embed_dim, param_dtype=self.param_dtype)
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array, attn_mask: jax.Array,
+                 cache: Cache | None = None) -> tuple[jax.Array, Cache | None]:
+        """tokens/positions int32[B, T]; attn_mask bool[B, T, S] over cache slots (S = T without a cache).
+
+        With a cache, the T new keys/values are written at slots `cache.index ... cache.index + T - 1`."""
+        cfg = self.cfg
+        t, s = tokens.shape[1], attn_mask.shape[-1]
+        index = cache.index if cache is not None else jnp.zeros((), jnp.int32)
+        q_slot = index + jnp.arange(t, dtype=jnp.int32)
+        local_ok = (q_slot[:, None] - jnp.arange(s, dtype=jnp.int32)[None, :]) < cfg.sliding_window
+        masks = {False: attn_mask & local_ok[None], True: attn_mask}
+        ropes = {
+            False: rope_tables(positions, cfg.head_dim, cfg.local_rope_base, 1.0),
+            True: rope_tables(positions, cfg.head_dim, cfg.global_rope_base, cfg.global_rope_scale),
+        }
+        x = self.embedder.encode(tokens)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            g = cfg.is_global(i)
+            kv = (cache.k[i], cache.v[i]) if cache is not None else None
+            x, kv = layer(x, ropes[g], masks[g], kv, index)
+            if kv is not None:
+                new_k.append(kv[0])
+                new_v.append(kv[1])
+        x = self.final_norm(x)
+        new_cache = Cache(tuple(new_k), tuple(new_v), index + t) if cache is not None else None
+        return x, new_cache
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Tied output layer: hidden [..., d] -> logits [..., vocab] (compute dtype)."""
+        return self.embedder.decode(hidden)
