@@ -121,8 +121,9 @@ class FakeEngine:
 
     # -- events ------------------------------------------------------------------------------------------------
 
-    def started(self, total: int = 10, *, step: int = 0, resumed: bool = False, profile: str = "tiny") -> None:
-        self.emit("run_started", run_id=self.paths.run_id, pid=os.getpid(), host="testhost", resumed=resumed,
+    def started(self, total: int = 10, *, step: int = 0, resumed: bool = False, profile: str = "tiny",
+                pid: int | None = None) -> None:
+        self.emit("run_started", run_id=self.paths.run_id, pid=pid or os.getpid(), host="testhost", resumed=resumed,
                   step=step, total_steps=total, profile=profile)
 
     def status(self, status: str, phase: str = "", *, step: int | None = None, detail: str = "",

@@ -315,6 +315,7 @@ async def test_dead_engine_deleted_folder_and_no_events(tmp_path: Path):
         assert isinstance(app.screen, DashboardScreen)
 
 
+@pytest.mark.slow
 async def test_resizing_while_events_stream_in(tmp_path: Path):
     eng = live_run(tmp_path)
     eng.started(200)
@@ -376,6 +377,7 @@ async def test_theme_toggle(tmp_path: Path):
 # home
 
 
+@pytest.mark.slow
 async def test_home_lists_runs_opens_and_deletes_with_confirmation(tmp_path: Path):
     live = live_run(tmp_path, "20260101-000000-alpha")
     live.started(10)
@@ -403,6 +405,7 @@ async def test_home_lists_runs_opens_and_deletes_with_confirmation(tmp_path: Pat
         await drawn(pilot, app, lambda s: s.step == 4)
 
 
+@pytest.mark.slow
 async def test_launch_from_home_then_leave_and_reattach(tmp_path: Path, spawner: Spawner):
     spawner.opts = {"steps": 500, "rate": 40.0}
     app = make_app(tmp_path, spawn=spawner)
@@ -427,7 +430,9 @@ async def test_launch_from_home_then_leave_and_reattach(tmp_path: Path, spawner:
 # editor
 
 
-def _input(app: TunixApp, key: str) -> Any:
+async def _input(app: TunixApp, key: str) -> Any:
+    """The input widget of a key, its section shown."""
+    await app.screen.show_section(key.split(".")[0])
     return app.screen.query_one("#in-" + key.replace(".", "--"))
 
 
@@ -436,8 +441,7 @@ async def test_editor_change_error_fix_save(tmp_path: Path):
     app = make_app(tmp_path, profile=path)
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, EditorScreen))
-        beta = _input(app, "grpo.beta")
-        beta.focus()
+        beta = await app.screen.focus_key("grpo.beta")
         await wait_until(pilot, lambda: "Weight of the KL penalty" in screen_text(app))  # the focused key's help
         beta.value = ""
         await pilot.press(*"-0.5")
@@ -465,8 +469,8 @@ async def test_editor_widgets_revert_toml_and_save_as(tmp_path: Path):
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, EditorScreen))
         form = app.screen.form
-        _input(app, "data.shuffle").value = False  # a Switch
-        _input(app, "grpo.kl_estimator").value = "k1"  # a Select
+        (await _input(app, "data.shuffle")).value = False  # a Switch
+        (await _input(app, "grpo.kl_estimator")).value = "k1"  # a Select
         await wait_until(pilot, lambda: form.values["data.shuffle"] is False
                          and form.values["grpo.kl_estimator"] == "k1")
         await pilot.press("f4")
@@ -475,8 +479,9 @@ async def test_editor_widgets_revert_toml_and_save_as(tmp_path: Path):
         await pilot.press("escape")
         await pilot.press("f6")  # revert
         await wait_until(pilot, lambda: not form.dirty)
-        assert _input(app, "data.shuffle").value is True and _input(app, "grpo.kl_estimator").value == "k3"
-        _input(app, "training.num_batches").value = "5"
+        assert (await _input(app, "data.shuffle")).value is True
+        assert (await _input(app, "grpo.kl_estimator")).value == "k3"
+        (await _input(app, "training.num_batches")).value = "5"
         await wait_until(pilot, lambda: form.values["training.num_batches"] == 5)
         await pilot.press("f3")
         await wait_until(pilot, lambda: isinstance(app.screen, PromptScreen))
@@ -495,10 +500,67 @@ async def test_editor_launch_passes_unsaved_edits_as_overrides(tmp_path: Path, s
     app = make_app(tmp_path, profile=ROOT / "profiles" / "tiny.toml", spawn=spawner)
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, EditorScreen))
-        _input(app, "training.num_batches").value = "3"
+        (await _input(app, "training.num_batches")).value = "3"
         await wait_until(pilot, lambda: app.screen.form.values["training.num_batches"] == 3)
         await pilot.press("f5")
         await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen))
         run_dir = spawner.calls[0][0]
         assert load_profile(run_dir).training.num_batches == 3
         assert load_profile(ROOT / "profiles" / "tiny.toml").training.num_batches == 8  # file untouched
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# losing the terminal
+
+
+@pytest.mark.slow
+def test_hangup_exits_cleanly_and_the_engine_keeps_running(tmp_path: Path):
+    """Close the console's terminal (as a dropped SSH connection does): the console exits with 0 within seconds and
+    the detached engine keeps writing events."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import sys
+    import termios
+    import time
+
+    eng = FakeEngine.create(tmp_path / "runs")
+    engine_pid = fake_engine.spawn(eng.paths.root, steps=100_000, rate=20)
+    try:
+        deadline = time.monotonic() + 20
+        while not eng.paths.events.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        child, fd = pty.fork()
+        if child == 0:  # the console, in its own terminal
+            os.chdir(ROOT)
+            os.environ["TERM"] = "xterm-256color"
+            os.execv(sys.executable, [sys.executable, "-m", "tunix_tui.cli", "--output-dir", str(tmp_path / "runs"),
+                                      "attach", str(eng.paths.root)])
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        seen = b""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (b"fake" in seen and b"Checkpoint" in seen):
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(fd, 65536)
+                except OSError:
+                    break
+        assert b"fake" in seen and b"Checkpoint" in seen, seen[-500:]
+        os.close(fd)  # the terminal goes away: the console gets SIGHUP
+        status = None
+        deadline = time.monotonic() + 15
+        while status is None and time.monotonic() < deadline:
+            pid, st = os.waitpid(child, os.WNOHANG)
+            if pid:
+                status = st
+            time.sleep(0.05)
+        assert status is not None, "the console did not exit after the hang-up"
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        size = eng.paths.events.stat().st_size
+        time.sleep(1.0)
+        assert eng.paths.events.stat().st_size > size  # still training
+        assert not control_files(eng)  # and nobody asked it to stop
+    finally:
+        os.kill(engine_pid, signal.SIGKILL)
+        os.waitpid(engine_pid, 0)

@@ -389,3 +389,14 @@ def test_profiles_and_runs_catalog(tmp_path: Path):
     delete_run(dead.paths.root)
     assert not dead.paths.root.exists()
     assert {r.summary.name for r in cat.rows()} == {"live", "done"}
+
+
+def test_model_text_cannot_drive_the_terminal():
+    from tunix_tui.core.text import ellipsize, printable, profile_label
+    raw = "a\x1b[2Jb\x07c\x9bd\te\nf\x7f"
+    out = printable(raw)
+    assert "\x1b" not in out and "\x07" not in out and "\x9b" not in out and "\x7f" not in out
+    assert "\t" in out and "\n" in out and out.startswith("a␛[2Jb␇c")
+    assert "\x1b" not in "".join(p for p, _ in tag_segments(raw)) and "\x1b" not in ellipsize(raw, 50)
+    assert profile_label("/runs/20260101-000000-tiny/profile.toml", "20260101-000000-tiny") == "tiny"
+    assert profile_label("profiles/quickstart.toml", "x") == "quickstart" and profile_label("bench", "x") == "bench"

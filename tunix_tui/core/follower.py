@@ -18,6 +18,7 @@ from engine.protocol import RunPaths, engine_alive, read_engine_info
 
 from tunix_tui.core.reader import LineReader
 from tunix_tui.core.runstate import RunState
+from tunix_tui.core.text import printable
 
 
 class Follower:
@@ -172,7 +173,7 @@ class Follower:
                 data = fh.read(16384)
         except OSError:
             return
-        lines = data.decode("utf-8", "replace").replace("\r", "\n").split("\n")
+        lines = printable(data.decode("utf-8", "replace").replace("\r", "\n")).split("\n")
         if size > 16384:
             lines = lines[1:]
         lines = [line for line in lines if line.strip()][-self.log_lines:]

@@ -20,6 +20,7 @@ from engine.protocol import FINAL_STATUSES
 
 from tunix_tui.core.history import StepHistory
 from tunix_tui.core.reader import line_step, line_type, read_line_at
+from tunix_tui.core.text import printable, profile_label
 
 PARTS = ("header", "train", "system", "eval", "samples", "log", "control")
 
@@ -383,7 +384,7 @@ class RunState:
             self.started = _num(ev.get("t"))
         if ev.get("resumed"):
             self.resumes += 1
-        self.profile_name = str(ev.get("profile") or self.profile_name)
+        self.profile_name = profile_label(str(ev.get("profile") or ""), self.run_id) or self.profile_name
         self.host = str(ev.get("host") or self.host)
         self.pid = ev.get("pid") if isinstance(ev.get("pid"), int) else self.pid
         self.total_steps = int(ev.get("total_steps") or self.total_steps)
@@ -391,7 +392,8 @@ class RunState:
         self.paused = self.stopping = False
         self.pending.clear()
         self.step_times.clear()
-        self._set_status(ev, "starting", "")
+        if not self.status or self.status in FINAL_STATUSES:
+            self._set_status(ev, "starting", "")
         what = "resumed" if ev.get("resumed") else "started"
         self._feed(ev, "status", f"run {what} at step {ev.get('step', 0)} of {ev.get('total_steps')}"
                    f" (engine pid {ev.get('pid')} on {ev.get('host')})")
@@ -492,8 +494,8 @@ class RunState:
         self.touch("header", "log")
 
     def _on_error(self, ev: dict[str, Any], offset: int | None) -> None:
-        self.errors.append((_num(ev.get("t")), str(ev.get("message") or ""), str(ev.get("traceback") or ""),
-                            bool(ev.get("fatal"))))
+        self.errors.append((_num(ev.get("t")), printable(str(ev.get("message") or "")),
+                            printable(str(ev.get("traceback") or "")), bool(ev.get("fatal"))))
         self._feed(ev, "error", f"{'fatal error' if ev.get('fatal') else 'error'}: {ev.get('message')}")
         self.touch("header", "log")
 
@@ -519,7 +521,7 @@ class RunState:
         self.touch("log")
 
     def _feed(self, ev: dict[str, Any], kind: str, text: str) -> None:
-        self.feed.append(FeedLine(_num(ev.get("t")) or 0.0, kind, text))
+        self.feed.append(FeedLine(_num(ev.get("t")) or 0.0, kind, printable(text)))
 
 
 _HANDLERS: dict[str, Callable[[RunState, dict[str, Any], int | None], None]] = {

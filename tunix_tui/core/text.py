@@ -7,6 +7,26 @@ import time
 from typing import Any
 
 TAG_RE = re.compile(r"(</?(?:reasoning|answer)>)")
+_CONTROL = {c: 0x2400 + c for c in range(0x20) if c not in (0x09, 0x0A)}  # shown as control pictures (␛, ␀…)
+_CONTROL.update({0x7F: 0x2421, **{c: 0xFFFD for c in range(0x80, 0xA0)}})
+
+
+def printable(text: str) -> str:
+    """Text safe to draw: control characters (ESC included) become visible symbols, so a model's output can never
+    drive the terminal."""
+    return text.translate(_CONTROL)
+
+
+def profile_label(profile: str, run_id: str) -> str:
+    """A short name for the profile a run came from (the engine may give the frozen copy's path)."""
+    if not profile:
+        return ""
+    name = profile.replace("\\", "/").rsplit("/", 1)[-1]
+    if name.endswith(".toml"):
+        name = name[:-5]
+    if name == "profile":  # the run's frozen copy: the run is named after its profile
+        name = run_id.split("-", 2)[-1] if run_id.count("-") >= 2 else run_id
+    return name
 
 
 def num(value: Any, fmt: str = ".3f", missing: str = "-") -> str:
@@ -78,7 +98,7 @@ def bar(fraction: float | None, width: int, full: str = "━", empty: str = "─
 
 def ellipsize(text: str, width: int) -> str:
     """One line of at most `width` characters."""
-    line = " ".join(text.split())
+    line = printable(" ".join(text.split()))
     if width <= 0:
         return ""
     return line if len(line) <= width else line[: max(0, width - 1)] + "…"
@@ -88,7 +108,7 @@ def tag_segments(text: str) -> list[tuple[str, str]]:
     """A completion split into (piece, role): role is "tag", "reasoning", "answer" or "" (outside any tag)."""
     out: list[tuple[str, str]] = []
     inside = ""
-    for piece in TAG_RE.split(text):
+    for piece in TAG_RE.split(printable(text)):
         if not piece:
             continue
         m = TAG_RE.fullmatch(piece)

@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
-from tunix_tui.core.text import num
+from tunix_tui.core.text import num, printable
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -125,8 +125,8 @@ class CompletionScreen(ModalScreen[None]):
             f"step {self.step} · completion {self.index + 1} of {len(comps)}")
         body = Text()
         body.append("Prompt\n", style="bold underline")
-        body.append(str(self.group.get("prompt", "")) + "\n")
-        body.append(f"expected answer: {self.group.get('answer', '')}\n\n", style="bold")
+        body.append(printable(str(self.group.get("prompt", ""))) + "\n")
+        body.append(f"expected answer: {printable(str(self.group.get('answer', '')))}\n\n", style="bold")
         scores = c.get("rewards") or {}
         body.append("Scores  ", style="bold")
         body.append("  ".join(f"{k} {num(v, '.2f')}" for k, v in scores.items()))

@@ -16,9 +16,11 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Input, Label, Select, Static, Switch, TextArea
+from textual.widgets import ContentSwitcher, Footer, Input, Label, OptionList, Select, Static, Switch, TextArea
+from textual.widgets.option_list import Option
 
 from engine.config import FieldInfo, Profile
 from engine.profile_io import Problem, ProfileError
@@ -85,18 +87,23 @@ class FieldRow(Vertical):
         inp.cursor_blink = self.cursor_blink
         return inp
 
-    def show_state(self, error: Problem | None) -> None:
+    def show_state(self, error: Problem | None) -> bool:
+        """Show the marks and the error; False when the row is not composed yet."""
         key = self.fi.key
-        name = self.query_one(".field-name", Label)
+        try:
+            name = self.query_one(".field-name", Label)
+            err = self.query_one(".field-error", Label)
+        except NoMatches:
+            return False
         dirty, default = self.form.is_dirty(key), self.form.is_default(key)
         label = Text(("* " if dirty else "  ") + self.fi.name, style="bold" if not default else "")
         name.update(label)
         self.set_class(dirty, "-dirty")
         self.set_class(not default, "-changed")
-        err = self.query_one(".field-error", Label)
         err.update(str(error) if error else "")
         err.display = error is not None
         self.set_class(error is not None, "-error")
+        return True
 
 
 class EditorScreen(Screen):
@@ -117,34 +124,84 @@ class EditorScreen(Screen):
         self.form = ProfileForm.open(path)
         self._syncing = False
         self._errors: dict[str, Problem] = {}
+        self._shown: dict[str, tuple[bool, bool, str]] = {}
+        self._moved_list = 0
+        self.section = ""
 
     def compose(self) -> ComposeResult:
         yield Static(id="editor-title")
         yield Static(id="editor-problems")
-        with VerticalScroll(id="editor-form"):
-            current = ""
-            docs = section_docs()
-            for key, fi in self.form.fields.items():
-                if fi.section != current:
-                    current = fi.section
-                    yield Label(Text.assemble((f"[{fi.section}]", "bold"), f"  {docs.get(fi.section, '')}"),
-                                classes="section-title")
-                yield FieldRow(fi, self.form, getattr(self.app, "cursor_blink", True))
+        with Horizontal(id="editor-body"):
+            yield OptionList(*(Option(name, id=name) for name in self.sections), id="editor-sections")
+            yield ContentSwitcher(id="editor-form")
         yield Static(id="editor-help")
         yield Footer()
 
-    def on_mount(self) -> None:
+    @property
+    def sections(self) -> list[str]:
+        return list(dict.fromkeys(fi.section for fi in self.form.fields.values()))
+
+    async def on_mount(self) -> None:
+        await self.show_section(self.sections[0])
         self.refresh_state()
         first = self.query(".field-input").first()
         first.focus()
 
+    async def show_section(self, name: str) -> None:
+        """Show one section's fields (mounted the first time it is shown: only what is visible costs anything)."""
+        switcher = self.query_one("#editor-form", ContentSwitcher)
+        sid = "sec-" + name
+        if not switcher.query(f"#{sid}"):
+            docs = section_docs()
+            rows = [FieldRow(fi, self.form, getattr(self.app, "cursor_blink", True))
+                    for fi in self.form.fields.values() if fi.section == name]
+            box = VerticalScroll(Label(Text.assemble((f"[{name}]", "bold"), f"  {docs.get(name, '')}"),
+                                       classes="section-title"), *rows, id=sid, classes="section-form")
+            await switcher.mount(box)
+            self.refresh_state()
+            self.call_after_refresh(self.refresh_state)
+        switcher.current = sid
+        self.section = name
+        sections = self.query_one("#editor-sections", OptionList)
+        index = self.sections.index(name)
+        if sections.highlighted != index:
+            self._moved_list += 1  # the highlight event this causes is ours, not the user's
+            sections.highlighted = index
+
+    async def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        if event.option_list.id != "editor-sections" or not event.option.id:
+            return
+        if self._moved_list:
+            self._moved_list -= 1
+            return
+        if event.option.id != self.section:
+            await self.show_section(event.option.id)
+
+    async def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option_list.id == "editor-sections" and event.option.id:
+            await self.show_section(event.option.id)
+            first = self.query_one(f"#sec-{event.option.id}").query(".field-input").first()
+            first.focus()
+
+    async def focus_key(self, key: str) -> Widget:
+        """Show the key's section and focus its input (used by tests and the error list)."""
+        await self.show_section(self.form.fields[key].section)
+        widget = self.query_one("#" + widget_id(key))
+        widget.focus()
+        return widget
+
     # -- state -------------------------------------------------------------------------------------------------
 
     def refresh_state(self) -> None:
-        """Recheck every value and update marks, inline errors and the title."""
+        """Recheck every value and update marks, inline errors, the section list and the title."""
         self._errors = self.form.errors()
         for row in self.query(FieldRow):
-            row.show_state(self._errors.get(row.fi.key))
+            key = row.fi.key
+            error = self._errors.get(key)
+            shown = (self.form.is_dirty(key), self.form.is_default(key), str(error) if error else "")
+            if self._shown.get(key) != shown and row.show_state(error):  # only rows whose marks changed
+                self._shown[key] = shown
+        self._label_sections()
         path = self.form.path
         dirty = self.form.dirty_keys()
         t = Text(no_wrap=True, overflow="ellipsis")
@@ -163,6 +220,22 @@ class EditorScreen(Screen):
             problems.display = True
         else:
             problems.display = False
+
+    def _label_sections(self) -> None:
+        """Each section's name with `*` when edited and `!n` for its problems."""
+        sections = self.query_one("#editor-sections", OptionList)
+        for index, name in enumerate(self.sections):
+            keys = [k for k, fi in self.form.fields.items() if fi.section == name]
+            errors = sum(1 for k in keys if k in self._errors)
+            dirty = any(self.form.is_dirty(k) for k in keys)
+            label = Text(name)
+            if dirty:
+                label.append(" *", style="yellow")
+            if errors:
+                label.append(f" !{errors}", style="bold red")
+            if getattr(self, "_section_labels", {}).get(name) != label.plain:
+                self._section_labels = {**getattr(self, "_section_labels", {}), name: label.plain}
+                sections.replace_option_prompt_at_index(index, label)
 
     def _changed(self, widget: Widget, value: Any, text: bool) -> None:
         if self._syncing:
@@ -208,8 +281,9 @@ class EditorScreen(Screen):
         """Put the form's values back into the widgets (after revert)."""
         self._syncing = True
         try:
-            for key, fi in self.form.fields.items():
-                w = self.query_one("#" + widget_id(key))
+            for row in self.query(FieldRow):
+                key, fi = row.fi.key, row.fi
+                w = row.query_one("#" + widget_id(key))
                 value = self.form.values[key]
                 if isinstance(w, Select):
                     if value in (fi.choices or ()):
@@ -318,7 +392,8 @@ class EditorScreen(Screen):
 HELP = """\
 Profile editor keys
 
-  tab / shift+tab   next / previous field
+  tab / shift+tab   next / previous field (the section list on the left is part of the cycle)
+  ↑ ↓ (in the list) show another section; enter jumps into its fields
   f2, ctrl+s        save (writes only what differs from the defaults)
   f3                save as another file
   f4                view the profile as TOML

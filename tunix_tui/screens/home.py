@@ -17,7 +17,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Static
 
 from tunix_tui.core.catalog import ProfileEntry, RunCatalog, RunRow, delete_run, find_profiles
-from tunix_tui.core.text import clock_time, hms, num, pct
+from tunix_tui.core.text import clock_time, hms, num, pct, printable, profile_label
 from tunix_tui.screens.dialogs import ConfirmScreen, PromptScreen, TextScreen
 from tunix_tui.widgets.header import STATUS_STYLE, resolve
 
@@ -136,7 +136,7 @@ class HomeScreen(Screen):
         s = r.summary
         step = f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step)
         status = s.status if s.status != "unknown" else ("starting" if s.alive else "no events")
-        return (s.name or s.run_id, s.profile or "-", status, step, num(s.reward, ".3f"), pct(s.accuracy),
+        return (s.name or s.run_id, profile_label(s.profile, s.run_id) or "-", status, step, num(s.reward, ".3f"), pct(s.accuracy),
                 clock_time(s.started, self.app.clock()), hms(r.elapsed) if s.started else "-")
 
     def _current_run(self) -> RunRow | None:
@@ -162,7 +162,7 @@ class HomeScreen(Screen):
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append(s.run_id, style="bold")
         if s.error:
-            t.append(f"  {s.error}", style="red")
+            t.append(f"  {printable(s.error)}", style="red")
         elif run.can_resume:
             t.append("  r resumes it from its latest checkpoint", style="dim")
         elif s.alive:

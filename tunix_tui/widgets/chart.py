@@ -12,11 +12,19 @@ from rich.text import Text
 from textual.widget import Widget
 
 from tunix_tui.core.history import Span
-from tunix_tui.core.text import short
 
 # braille dot bits: [sub-column][row 0..3 from the top]
 _DOTS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
-AXIS_WIDTH = 8
+AXIS_WIDTH = 9
+
+
+def axis_num(value: float) -> str:
+    """A number in at most 8 characters, for the axis labels."""
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e5 or abs(value) < 1e-3:
+        return f"{value:.1e}"
+    return f"{value:.3g}"
 
 
 @dataclass
@@ -50,14 +58,14 @@ def stretch(columns: list[Span | None], slots: int) -> list[Span | None]:
 
 
 def plot(series: list[Series], width: int, height: int, *, low: float | None = None,
-         high: float | None = None, fmt: Callable[[float], str] = short) -> list[Text]:
+         high: float | None = None, fmt: Callable[[float], str] = axis_num) -> list[Text]:
     """The chart as `height` lines of `width` cells (axis labels included)."""
     plot_w = max(1, width - AXIS_WIDTH)
     values = [v for s in series for c in s.columns if c is not None for v in c]
     if not values or height <= 0:
         return [Text(" " * width) for _ in range(max(0, height))]
-    lo = min(values) if low is None else low
-    hi = max(values) if high is None else high
+    lo = min(values) if low is None else min(low, min(values))
+    hi = max(values) if high is None else max(high, max(values))
     if hi - lo < 1e-12:
         pad = abs(hi) * 0.05 or 0.5
         lo, hi = lo - pad, hi + pad
@@ -121,16 +129,20 @@ class Chart(Widget):
         self.source: Callable[[int], list[Series]] | None = None
         self.data_lock: Any = nullcontext()
         self.empty_text = "no data yet"
-        self.fmt: Callable[[float], str] = short
+        self.fmt: Callable[[float], str] = axis_num
+        self.bounds: tuple[float | None, float | None] = (None, None)
 
     def plot_columns(self) -> int:
         """How many (low, high) columns the chart can show at its current width."""
         return max(2, (self.size.width - AXIS_WIDTH) * 2)
 
     def set_source(self, source: Callable[[int], list[Series]], *, lock: Any = None,
-                   empty_text: str = "no data yet", fmt: Callable[[float], str] = short) -> None:
-        """`source(columns)` returns the series to draw; it is called under `lock` when the chart renders."""
+                   empty_text: str = "no data yet", fmt: Callable[[float], str] = axis_num,
+                   low: float | None = None, high: float | None = None) -> None:
+        """`source(columns)` returns the series to draw; it is called under `lock` when the chart renders. The
+        y range covers the data and, when given, `low` and `high`."""
         self.source = source
+        self.bounds = (low, high)
         self.data_lock = lock if lock is not None else nullcontext()
         self.empty_text = empty_text
         self.fmt = fmt
@@ -150,4 +162,4 @@ class Chart(Widget):
         series = self.series()
         if not any(c is not None for s in series for c in s.columns):
             return Text(self.empty_text, style="dim")
-        return Text("\n").join(plot(series, w, h, fmt=self.fmt))
+        return Text("\n").join(plot(series, w, h, fmt=self.fmt, low=self.bounds[0], high=self.bounds[1]))

@@ -21,7 +21,8 @@ def phase_text(state: RunState, now: float) -> str:
     status = state.display_status
     if status == "compiling":
         since = state.status_since
-        return f"compiling {hms(now - since) if since else ''}".strip()
+        what = f"{state.phase} · {state.detail}" if state.phase and state.detail else state.detail or state.phase
+        return f"{what} {hms(now - since) if since else ''}".strip()
     if status == "running":
         phase = state.phase or ""
         if phase == "rollout":

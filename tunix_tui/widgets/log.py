@@ -25,8 +25,8 @@ class LogPane(Pane):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="log-scroll"):
             yield Static(id="log-error", classes="error-box")
-            yield Static(id="log-feed")
             yield Static(id="log-engine")
+            yield Static(id="log-feed")
 
     def update_from(self, state: RunState, now: float) -> None:
         v = self.app.theme_variables
@@ -42,7 +42,14 @@ class LogPane(Pane):
             err.display = True
         else:
             err.display = False
+        engine = Text()
+        if state.engine_log:
+            engine.append("engine.log (last lines)\n", style="bold underline")
+            for line in state.engine_log[-100:]:
+                engine.append(line + "\n", style="dim")
+        self.query_one("#log-engine", Static).update(engine)
         feed = Text()
+        feed.append("events\n", style="bold underline")
         for line in list(state.feed)[-150:]:
             stamp = time.strftime("%H:%M:%S ", time.localtime(line.t)) if line.t else "         "
             feed.append(stamp, style="dim")
@@ -50,13 +57,9 @@ class LogPane(Pane):
         if state.skipped:
             feed.append(f"skipped {state.skipped} unreadable line(s): {state.last_problem}\n",
                         style=resolve("$warning", v))
-        self.query_one("#log-feed", Static).update(feed or Text("no events yet", style="dim"))
-        engine = Text()
-        if state.engine_log:
-            engine.append("engine.log\n", style="bold underline")
-            for line in state.engine_log[-100:]:
-                engine.append(line + "\n")
-        self.query_one("#log-engine", Static).update(engine)
+        if not state.feed:
+            feed.append("no events yet", style="dim")
+        self.query_one("#log-feed", Static).update(feed)
         scroll = self.query_one("#log-scroll", VerticalScroll)
         if err.display:
             scroll.call_after_refresh(scroll.scroll_home, animate=False)

@@ -136,7 +136,7 @@ class MemoryPane(Pane):
             if i:
                 t.append("\n")
             in_use, peak, limit = dev.get("in_use"), dev.get("peak"), dev.get("limit")
-            t.append(f"{str(dev.get('device', i))[:10]:<10} ", style="bold")
+            t.append(f"{str(dev.get('device', i))[:24]}: ", style="bold")
             t.append(f"{size(in_use)} in use · peak {size(peak)}")
             if isinstance(limit, (int, float)) and limit and isinstance(peak, (int, float)):
                 t.append(f" · limit {size(limit)} ({pct(peak / limit)})", style="dim")
@@ -209,7 +209,7 @@ class EvalPane(Pane):
             legend.append(f"{pct(values[-1]) if values else '-'}  ")
         self.query_one("#eval-legend", Static).update(legend)
         chart.set_source(lambda n: [Series(label, color, regroup(spans, n)) for label, color, spans in lines],
-                         empty_text="no evaluation yet", fmt=pct)
+                         empty_text="no evaluation yet", fmt=lambda v: f"{100 * v:.0f}%", low=0.0, high=1.0)
         table = Text()
         table.append(f"{'step':>6} {'split':<10} {'n':>5} {'acc':>7} {'partial':>7} {'format':>7}\n", style="bold")
         rows = max(1, (self.size.height or 10) // 3)

@@ -97,7 +97,7 @@ class SamplesPane(Pane):
                           *(num(scores.get(r), ".2f") for r in rewards), length,
                           ellipsize(str(c.get("text", "")), 40), key=str(i))
         q = ellipsize(str(group.get("prompt", "")), 400)
-        prompt.update(Text.assemble(("Q ", "bold"), q, ("  answer ", "bold"), str(group.get("answer", ""))))
+        prompt.update(Text.assemble(("Q ", "bold"), q, ("  answer ", "bold"), ellipsize(str(group.get("answer", "")), 40)))
         self.row = min(self.row, max(0, len(completions) - 1))
         if completions:
             table.move_cursor(row=self.row, animate=False)
