@@ -30,7 +30,7 @@ Spawner = Callable[..., int]  # (run_dir, resume=False) -> pid
 class TunixApp(App[None]):
     """The tunix-tui console."""
 
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).resolve().parent / "app.tcss"  # absolute: subclasses elsewhere find it too
     TITLE = "tunix-tui"
     COMMANDS = App.COMMANDS | {ScreenActions}
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]

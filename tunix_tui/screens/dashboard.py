@@ -32,6 +32,7 @@ from tunix_tui.widgets.samples import SamplesPane, highlighted
 WIDE_MIN = (150, 40)  # columns, lines
 TABS = ("train", "system", "eval", "samples", "log")
 LIVE_CLOCK_STATUSES = ("compiling",)
+SLOW_PARTS = frozenset({"train", "system", "eval", "samples", "log"})
 
 HELP = """\
 Dashboard keys
@@ -113,6 +114,7 @@ class DashboardScreen(Screen):
         self._building = False
         self._force = True
         self._last_clock = 0.0
+        self._last_slow = 0.0
         self.drawn_version = -1
         self.redraws = 0
 
@@ -208,11 +210,19 @@ class DashboardScreen(Screen):
             if self._force:
                 dirty |= set(PARTS)
                 self._force = False
+                self._last_slow = 0.0
+            tick = time.monotonic()
+            if dirty & SLOW_PARTS and tick - self._last_slow < self.app.redraw_interval * 2:
+                state.dirty |= dirty & SLOW_PARTS  # charts, samples and log redraw at half the header's rate
+                dirty -= SLOW_PARTS
+            elif dirty & SLOW_PARTS:
+                self._last_slow = tick
             loading = f.load_fraction if (state.history_from is not None and not f.caught_up) else None
             ticking = (state.display_status in LIVE_CLOCK_STATUSES or loading is not None) and \
                 now - self._last_clock >= 1.0
             if not dirty and not ticking:
-                self.drawn_version = state.version
+                if not state.dirty:
+                    self.drawn_version = state.version
                 return
             try:
                 with self.app.batch_update():
@@ -232,7 +242,8 @@ class DashboardScreen(Screen):
                 self._force = True
                 self.log.error(f"redraw failed: {exc!r}")
                 return
-            self.drawn_version = state.version
+            if not state.dirty:
+                self.drawn_version = state.version
             self.redraws += 1
 
     # -- keys --------------------------------------------------------------------------------------------------

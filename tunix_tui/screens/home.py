@@ -6,10 +6,10 @@ changed, and a live engine that vanished shows as "dead".
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Vertical
@@ -57,6 +57,7 @@ class HomeScreen(Screen):
         self.profiles: list[ProfileEntry] = []
         self.runs: list[RunRow] = []
         self._shown: list[tuple] = []
+        self._refreshing = False
 
     def compose(self) -> ComposeResult:
         yield Static(id="home-title")
@@ -83,12 +84,16 @@ class HomeScreen(Screen):
         self.catalog = RunCatalog(app.runs_dir, clock=app.clock)
         self.load_profiles()
         self.show_runs(self.catalog.rows())
-        self.set_interval(app.runs_refresh, self.refresh_runs)
+        self._timer = self.set_interval(app.runs_refresh, self.refresh_runs)
         profiles.focus()
 
-    def on_screen_resume(self) -> None:
+    def on_screen_suspend(self) -> None:
+        self._timer.pause()  # nothing to refresh while another screen is shown
+
+    async def on_screen_resume(self) -> None:
+        self._timer.resume()
         self.load_profiles()
-        self.refresh_runs()
+        await self.refresh_runs()
 
     # -- lists -------------------------------------------------------------------------------------------------
 
@@ -106,10 +111,19 @@ class HomeScreen(Screen):
         if self.profiles:
             table.move_cursor(row=min(keep, len(self.profiles) - 1), animate=False)
 
-    @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
-    def refresh_runs(self) -> None:
-        rows = self.catalog.rows()
-        self.app.call_from_thread(self.show_runs, rows)
+    async def refresh_runs(self) -> None:
+        """Re-list the runs off the event loop (a plain thread: a Textual worker would repaint the screen)."""
+        if self._refreshing:
+            return
+        self._refreshing = True
+        try:
+            rows = await asyncio.to_thread(self.catalog.rows)
+        except OSError:
+            return
+        finally:
+            self._refreshing = False
+        if self.is_mounted:
+            self.show_runs(rows)
 
     def show_runs(self, rows: list[RunRow]) -> None:
         v = self.app.theme_variables

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
 
 from tunix_tui.core.runstate import RunState
 from tunix_tui.core.text import bar, hms, num, pct
+from tunix_tui.widgets.textbox import TextBox
 
 STATUS_STYLE = {
     "running": "bold $success", "paused": "bold $warning", "failed": "bold $error", "dead": "bold $error",
@@ -52,7 +52,7 @@ def resolve(style: str, variables: dict[str, str]) -> str:
     return " ".join(variables.get(part[1:], "default") if part.startswith("$") else part for part in style.split())
 
 
-class RunHeader(Static):
+class RunHeader(TextBox):
     """Three lines about the run as a whole."""
 
     def update_from(self, state: RunState, now: float, *, loading: float | None = None) -> None:
@@ -90,7 +90,7 @@ class RunHeader(Static):
         t.append(bar(frac, bar_w), style=resolve("$primary", v))
         t.append(" " + tail + "\n")
         t.append_text(self._notice(state, loading))
-        self.update(t)
+        self.set(t)
 
     def _notice(self, state: RunState, loading: float | None) -> Text:
         v = self.app.theme_variables

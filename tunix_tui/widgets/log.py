@@ -7,11 +7,11 @@ import time
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
-from textual.widgets import Static
 
 from tunix_tui.core.runstate import RunState
 from tunix_tui.widgets.header import resolve
 from tunix_tui.widgets.metrics import Pane
+from tunix_tui.widgets.textbox import TextBox
 
 KIND_STYLE = {"error": "$error", "warning": "$warning", "ack": "$accent", "checkpoint": "$secondary",
               "eval": "$primary", "status": "bold", "info": ""}
@@ -24,13 +24,13 @@ class LogPane(Pane):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="log-scroll"):
-            yield Static(id="log-error", classes="error-box")
-            yield Static(id="log-engine")
-            yield Static(id="log-feed")
+            yield TextBox(id="log-error", classes="error-box")
+            yield TextBox(id="log-engine")
+            yield TextBox(id="log-feed")
 
     def update_from(self, state: RunState, now: float) -> None:
         v = self.app.theme_variables
-        err = self.query_one("#log-error", Static)
+        err = self.query_one("#log-error", TextBox)
         last = state.error()
         if last and (state.status == "failed" or state.dead or state.errors[-1][3]):
             message, tb = last
@@ -38,7 +38,7 @@ class LogPane(Pane):
             t.append(f"Error: {message}\n", style=resolve("bold $error", v))
             if tb:
                 t.append(tb.rstrip() + "\n", style=resolve("$error", v))
-            err.update(t)
+            err.set(t)
             err.display = True
         else:
             err.display = False
@@ -47,7 +47,7 @@ class LogPane(Pane):
             engine.append("engine.log (last lines)\n", style="bold underline")
             for line in state.engine_log[-100:]:
                 engine.append(line + "\n", style="dim")
-        self.query_one("#log-engine", Static).update(engine)
+        self.query_one("#log-engine", TextBox).set(engine)
         feed = Text()
         feed.append("events\n", style="bold underline")
         for line in list(state.feed)[-150:]:
@@ -59,9 +59,11 @@ class LogPane(Pane):
                         style=resolve("$warning", v))
         if not state.feed:
             feed.append("no events yet", style="dim")
-        self.query_one("#log-feed", Static).update(feed)
+        self.query_one("#log-feed", TextBox).set(feed)
         scroll = self.query_one("#log-scroll", VerticalScroll)
+        if scroll.has_focus:  # the reader is scrolling: leave the view where it is
+            return
         if err.display:
             scroll.call_after_refresh(scroll.scroll_home, animate=False)
-        elif scroll.scroll_y >= scroll.max_scroll_y - 1:
+        else:
             scroll.call_after_refresh(scroll.scroll_end, animate=False)

@@ -11,13 +11,13 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import Static
 
 from tunix_tui.core.history import regroup
 from tunix_tui.core.runstate import RunState
 from tunix_tui.core.text import num, pct, short, size
 from tunix_tui.widgets.chart import Chart, Series
 from tunix_tui.widgets.header import resolve
+from tunix_tui.widgets.textbox import TextBox
 
 SERIES_COLORS = ("$secondary", "$accent", "$warning", "$success", "$error", "$foreground")
 REWARD_ABBREV = {"match_format_exactly": "exact", "match_format_approximately": "approx",
@@ -57,9 +57,9 @@ class LossPane(Pane):
     title = "Loss · KL"
 
     def compose(self) -> ComposeResult:
-        yield Static(id="loss-label", classes="legend")
+        yield TextBox(id="loss-label", classes="legend")
         yield Chart(id="loss-chart")
-        yield Static(id="kl-label", classes="legend")
+        yield TextBox(id="kl-label", classes="legend")
         yield Chart(id="kl-chart")
 
     def update_from(self, state: RunState, now: float) -> None:
@@ -74,7 +74,7 @@ class LossPane(Pane):
                 legend.append(f"  policy {short(state.latest.get('policy_loss'))}", style="dim")
             if key == "kl" and state.latest.get("entropy") is not None:
                 legend.append(f"  entropy {short(state.latest.get('entropy'))}", style="dim")
-            self.query_one(f"#{key}-label", Static).update(legend)
+            self.query_one(f"#{key}-label", TextBox).set(legend)
             chart.set_source(lambda n, key=key, label=label, c=self.color(color): [Series(label, c, h.columns(key, n))],
                              lock=self.state_lock())
 
@@ -85,9 +85,9 @@ class RewardPane(Pane):
     title = "Reward"
 
     def compose(self) -> ComposeResult:
-        yield Static(id="reward-legend", classes="legend")
+        yield TextBox(id="reward-legend", classes="legend")
         yield Chart(id="reward-chart")
-        yield Static(id="reward-stats", classes="stats")
+        yield TextBox(id="reward-stats", classes="stats")
 
     def update_from(self, state: RunState, now: float) -> None:
         chart = self.query_one("#reward-chart", Chart)
@@ -103,7 +103,7 @@ class RewardPane(Pane):
             legend.append(f"  {reward_label(key)} ", style=color + " bold")
             legend.append(short(m.get(key)))
             lines.append((key, reward_label(key), color))
-        self.query_one("#reward-legend", Static).update(legend)
+        self.query_one("#reward-legend", TextBox).set(legend)
         chart.set_source(lambda n: [Series(label, color, h.columns(key, n)) for key, label, color in lines],
                          lock=self.state_lock())
         stats = Text()
@@ -116,7 +116,7 @@ class RewardPane(Pane):
                      f"  truncated {pct(m.get('truncated_fraction'))}")
         if m.get("skipped"):
             stats.append("  last update skipped (non-finite)", style=self.color("$error"))
-        self.query_one("#reward-stats", Static).update(stats)
+        self.query_one("#reward-stats", TextBox).set(stats)
 
 
 class MemoryPane(Pane):
@@ -125,7 +125,7 @@ class MemoryPane(Pane):
     title = "Memory"
 
     def compose(self) -> ComposeResult:
-        yield Static(id="memory-table", classes="stats")
+        yield TextBox(id="memory-table", classes="stats")
         yield Chart(id="memory-chart")
 
     def update_from(self, state: RunState, now: float) -> None:
@@ -140,7 +140,7 @@ class MemoryPane(Pane):
             t.append(f"{size(in_use)} in use · peak {size(peak)}")
             if isinstance(limit, (int, float)) and limit and isinstance(peak, (int, float)):
                 t.append(f" · limit {size(limit)} ({pct(peak / limit)})", style="dim")
-        self.query_one("#memory-table", Static).update(t)
+        self.query_one("#memory-table", TextBox).set(t)
         chart = self.query_one("#memory-chart", Chart)
         h = state.history
         name = str(state.memory[0].get("device", 0)) if state.memory else ""
@@ -160,7 +160,7 @@ class TimingPane(Pane):
     title = "Timing · throughput"
 
     def compose(self) -> ComposeResult:
-        yield Static(id="timing-table", classes="stats")
+        yield TextBox(id="timing-table", classes="stats")
         yield Chart(id="throughput-chart")
 
     def update_from(self, state: RunState, now: float) -> None:
@@ -180,7 +180,7 @@ class TimingPane(Pane):
         t.append(f"step {num(total, '.2f')} s · {num(m.get('tokens_per_s'), '.0f')} tokens/s\n", style="bold")
         t.append(f"grad norm {short(m.get('grad_norm'))} · lr {short(m.get('learning_rate'))} · "
                  f"clip {pct(m.get('clip_fraction'))}", style="dim")
-        self.query_one("#timing-table", Static).update(t)
+        self.query_one("#timing-table", TextBox).set(t)
         chart = self.query_one("#throughput-chart", Chart)
         h, color = state.history, self.color("$success")
         chart.set_source(lambda n: [Series("tokens/s", color, h.columns("tokens_per_s", n))], lock=self.state_lock())
@@ -192,9 +192,9 @@ class EvalPane(Pane):
     title = "Evaluation"
 
     def compose(self) -> ComposeResult:
-        yield Static(id="eval-legend", classes="legend")
+        yield TextBox(id="eval-legend", classes="legend")
         yield Chart(id="eval-chart")
-        yield Static(id="eval-table", classes="stats")
+        yield TextBox(id="eval-table", classes="stats")
 
     def update_from(self, state: RunState, now: float) -> None:
         evals = list(state.evals)
@@ -207,7 +207,7 @@ class EvalPane(Pane):
             lines.append((label, self.color(color), [None if v is None else (v, v) for v in values]))
             legend.append(f"{label} ", style=self.color(color) + " bold")
             legend.append(f"{pct(values[-1]) if values else '-'}  ")
-        self.query_one("#eval-legend", Static).update(legend)
+        self.query_one("#eval-legend", TextBox).set(legend)
         chart.set_source(lambda n: [Series(label, color, regroup(spans, n)) for label, color, spans in lines],
                          empty_text="no evaluation yet", fmt=lambda v: f"{100 * v:.0f}%", low=0.0, high=1.0)
         table = Text()
@@ -218,4 +218,4 @@ class EvalPane(Pane):
                          f"{pct(e.partial_accuracy):>7} {pct(e.format_accuracy):>7}\n")
         if not evals:
             table.append("no evaluation yet", style="dim")
-        self.query_one("#eval-table", Static).update(table)
+        self.query_one("#eval-table", TextBox).set(table)

@@ -8,12 +8,13 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable
 
 from tunix_tui.core.runstate import RunState
 from tunix_tui.core.text import ellipsize, num, tag_segments
 from tunix_tui.widgets.header import resolve
 from tunix_tui.widgets.metrics import Pane, reward_label
+from tunix_tui.widgets.textbox import TextBox
 
 ROLE_STYLE = {"tag": "bold $accent", "reasoning": "italic", "answer": "bold $success", "": ""}
 
@@ -39,14 +40,14 @@ class SamplesPane(Pane):
         self.row = 0
 
     def compose(self) -> ComposeResult:
-        yield Static(id="samples-title", classes="legend")
-        yield Static(id="samples-prompt", classes="stats")
+        yield TextBox(id="samples-title", classes="legend")
+        yield TextBox(id="samples-prompt", classes="stats")
         with Horizontal(id="samples-body"):
             table = DataTable(id="samples-table", cursor_type="row", zebra_stripes=True)
             yield table
             with VerticalScroll(id="samples-text-box"):
-                yield Static(id="samples-text")
-        yield Static(id="samples-live", classes="live")
+                yield TextBox(id="samples-text")
+        yield TextBox(id="samples-live", classes="live")
 
     def move(self, state: RunState, delta: int | None) -> None:
         """Show an earlier (-1) or later (+1) group; None follows the newest again."""
@@ -76,16 +77,16 @@ class SamplesPane(Pane):
                 self._fill_table(group)
         else:
             title.append("no sample groups yet", style="dim")
-        self.query_one("#samples-title", Static).update(title)
+        self.query_one("#samples-title", TextBox).set(title)
         self._show_live(state, v)
 
     def _fill_table(self, group: dict[str, Any] | None) -> None:
         table = self.query_one("#samples-table", DataTable)
-        prompt = self.query_one("#samples-prompt", Static)
+        prompt = self.query_one("#samples-prompt", TextBox)
         table.clear(columns=True)
         if not group:
-            prompt.update(Text("this sample could not be read", style="dim"))
-            self.query_one("#samples-text", Static).update("")
+            prompt.set(Text("this sample could not be read", style="dim"))
+            self.query_one("#samples-text", TextBox).set("")
             return
         completions = [c for c in group.get("completions") or [] if isinstance(c, dict)]
         rewards = list(dict.fromkeys(k for c in completions for k in (c.get("rewards") or {})))
@@ -97,7 +98,8 @@ class SamplesPane(Pane):
                           *(num(scores.get(r), ".2f") for r in rewards), length,
                           ellipsize(str(c.get("text", "")), 40), key=str(i))
         q = ellipsize(str(group.get("prompt", "")), 400)
-        prompt.update(Text.assemble(("Q ", "bold"), q, ("  answer ", "bold"), ellipsize(str(group.get("answer", "")), 40)))
+        answer = ellipsize(str(group.get("answer", "")), 40)
+        prompt.set(Text.assemble(("Q ", "bold"), q, ("  answer ", "bold"), answer))
         self.row = min(self.row, max(0, len(completions) - 1))
         if completions:
             table.move_cursor(row=self.row, animate=False)
@@ -112,21 +114,21 @@ class SamplesPane(Pane):
         """Show the full text of completion `row` beside the table."""
         self.row = row
         comps = self.completions()
-        box = self.query_one("#samples-text", Static)
+        box = self.query_one("#samples-text", TextBox)
         if not comps or row >= len(comps):
-            box.update("")
+            box.set("")
             return
-        box.update(highlighted(str(comps[row].get("text", "")), self.app.theme_variables))
+        box.set(highlighted(str(comps[row].get("text", "")), self.app.theme_variables))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
         self.show_text(event.cursor_row)
 
     def _show_live(self, state: RunState, v: dict[str, str]) -> None:
-        live = self.query_one("#samples-live", Static)
+        live = self.query_one("#samples-live", TextBox)
         partial = state.latest_partial()
         if not partial or state.final:
-            live.update(Text("nothing being generated now", style="dim"))
+            live.set(Text("nothing being generated now", style="dim"))
             return
         texts = [str(x) for x in partial.get("texts") or []]
         t = Text(no_wrap=True, overflow="ellipsis")
@@ -134,4 +136,4 @@ class SamplesPane(Pane):
                  f" tokens: ", style=resolve("bold $accent", v))
         if texts:
             t.append_text(highlighted(" ".join(texts[0].split())[-300:], v))
-        live.update(t)
+        live.set(t)

@@ -1,0 +1,246 @@
+"""Console benchmark: CPU of the dashboard attached to a live run (~10 events/s) and to idle runs, memory after
+replaying 100,000 steps of events, and the time to attach to that run.
+
+Each console runs as its own process in a pseudo-terminal (160x48, a real terminal driver, output read and thrown
+away), attached with `TunixApp(attach=RUN)`; its CPU time comes from /proc. The fake engine (tests/fake_engine.py)
+writes the events. Targets: idle < 2% of a core, < 10% at 10 events/s, attach < 2 s, memory < 200 MB.
+
+    .venv/bin/python bench/console_bench.py [--steps 100000] [--seconds 20] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import pty
+import select
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import termios
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+SIZE = (160, 48)
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the console under test (child process)
+
+
+def child_main(run_dir: str, report: str, t0: float) -> None:
+    """Open the dashboard on `run_dir`; write timings and memory to `report` once the whole history is drawn."""
+    from tunix_tui.app import TunixApp
+    from tunix_tui.screens.dashboard import DashboardScreen
+
+    marks: dict[str, float] = {"imported": time.time() - t0}
+
+    class BenchApp(TunixApp):
+        def on_mount(self) -> None:
+            super().on_mount()
+            self._probe_timer = self.set_interval(0.02, self._probe)
+
+        def _probe(self) -> None:
+            screen = self.screen
+            if not isinstance(screen, DashboardScreen):
+                return
+            state = screen.state
+            if "first_draw" not in marks and screen.redraws and state.step > 0:
+                marks["first_draw"] = time.time() - t0  # the latest state is on screen
+                marks["first_draw_step"] = state.step
+            if "full_history" not in marks and screen.caught_up:
+                marks["full_history"] = time.time() - t0  # every event folded and drawn
+                marks["history_steps"] = state.history.count
+                marks["samples_indexed"] = len(state.samples)
+                marks["rss_mb"] = _rss_mb(os.getpid())
+                Path(report).write_text(json.dumps(marks))
+                self._probe_timer.stop()
+
+    BenchApp(ROOT / "profiles", Path(run_dir).parent, attach=Path(run_dir)).run()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the parent: spawn consoles in pseudo-terminals and watch them
+
+
+def _rss_mb(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime, all threads
+
+
+class Console:
+    """A console process in its own pseudo-terminal; its output is drained by a thread."""
+
+    def __init__(self, run_dir: Path, report: Path):
+        self.report = report
+        t0 = time.time()
+        pid, fd = pty.fork()
+        if pid == 0:
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", SIZE[1], SIZE[0], 0, 0))
+            os.environ["TERM"] = "xterm-256color"
+            os.chdir(ROOT)
+            os.execv(sys.executable, [sys.executable, __file__, "--child", str(run_dir), str(report), repr(t0)])
+        self.pid, self.fd = pid, fd
+        self.bytes_out = 0
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                if select.select([self.fd], [], [], 0.5)[0]:
+                    data = os.read(self.fd, 1 << 16)
+                    if not data:
+                        return
+                    self.bytes_out += len(data)
+            except OSError:
+                return
+
+    def wait_report(self, timeout: float = 120.0) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.report.exists() and self.report.stat().st_size:
+                return json.loads(self.report.read_text())
+            time.sleep(0.05)
+        raise TimeoutError("the console did not finish attaching")
+
+    def cpu_percent(self, seconds: float) -> tuple[float, int]:
+        """CPU use over a window, in % of one core, and the bytes it drew meanwhile."""
+        c0, b0, t0 = _cpu_seconds(self.pid), self.bytes_out, time.monotonic()
+        time.sleep(seconds)
+        c1, b1, t1 = _cpu_seconds(self.pid), self.bytes_out, time.monotonic()
+        return 100.0 * (c1 - c0) / (t1 - t0), b1 - b0
+
+    def close(self) -> None:
+        os.kill(self.pid, signal.SIGHUP)  # as a dropped terminal would
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        os.close(self.fd)
+
+
+def _line_count(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=100_000, help="steps of history to replay")
+    ap.add_argument("--seconds", type=float, default=20.0, help="length of each CPU window")
+    ap.add_argument("--rate", type=float, default=10.0, help="events per second of the live run")
+    ap.add_argument("--keep", help="reuse / keep the long run in this folder")
+    ap.add_argument("--child", nargs=3, metavar=("RUN", "REPORT", "T0"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child_main(args.child[0], args.child[1], float(args.child[2]))
+        return 0
+
+    import fake_engine
+    from fake_engine import FakeEngine, write_history
+
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="console-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, object] = {"terminal": f"{SIZE[0]}x{SIZE[1]}", "cpus": os.cpu_count()}
+    engines: list[int] = []
+    try:
+        # 1. a long run: attach time, memory, idle CPU -----------------------------------------------------
+        long_dir = work / "runs" / "20260101-000000-long"
+        if not (long_dir / "events.jsonl").exists():
+            shutil.rmtree(long_dir, ignore_errors=True)
+            eng = FakeEngine.create(work / "runs", long_dir.name)
+            t = time.time()
+            write_history(eng.paths.root, args.steps, status="stopped")
+            print(f"wrote {args.steps} steps of events in {time.time() - t:.1f} s")
+        events = long_dir / "events.jsonl"
+        figures["history_mb"] = round(events.stat().st_size / 2**20, 1)
+        figures["history_events"] = _line_count(events)
+        report = work / "long.json"
+        report.unlink(missing_ok=True)
+        con = Console(long_dir, report)
+        marks = con.wait_report()
+        figures["attach_first_draw_s"] = round(marks["first_draw"], 2)
+        figures["attach_full_history_s"] = round(marks["full_history"], 2)
+        figures["console_import_s"] = round(marks["imported"], 2)
+        figures["history_steps_folded"] = marks["history_steps"]
+        figures["rss_after_replay_mb"] = round(marks["rss_mb"], 1)
+        time.sleep(1.0)
+        figures["idle_cpu_pct_finished_run"], figures["idle_bytes_drawn"] = con.cpu_percent(args.seconds)
+        figures["peak_rss_mb"] = round(_rss_mb(con.pid, "VmHWM"), 1)
+        con.close()
+
+        # 2. a live run at ~10 events/s ------------------------------------------------------------------------
+        live = FakeEngine.create(work / "runs", f"20260101-000001-live-{os.getpid()}")
+        engines.append(fake_engine.spawn(live.paths.root, steps=10**6, rate=args.rate))
+        time.sleep(1.0)
+        report = work / "live.json"
+        report.unlink(missing_ok=True)
+        con = Console(live.paths.root, report)
+        con.wait_report()
+        time.sleep(1.0)
+        n0 = _line_count(live.paths.events)
+        t0 = time.monotonic()
+        cpu, drawn = con.cpu_percent(args.seconds)
+        figures["live_events_per_s"] = round((_line_count(live.paths.events) - n0) / (time.monotonic() - t0), 1)
+        figures["live_cpu_pct"], figures["live_bytes_drawn_per_s"] = cpu, round(drawn / args.seconds)
+        con.close()
+
+        # 3. a live engine that is paused: alive, no events ------------------------------------------------------
+        paused = FakeEngine.create(work / "runs", f"20260101-000002-paused-{os.getpid()}")
+        engines.append(fake_engine.spawn(paused.paths.root, steps=10**6, rate=args.rate, extra=("--start-paused",)))
+        time.sleep(1.0)
+        report = work / "paused.json"
+        report.unlink(missing_ok=True)
+        con = Console(paused.paths.root, report)
+        try:
+            con.wait_report(timeout=15)
+        except TimeoutError:
+            pass  # no step yet: the probe waits for one; idle is idle
+        time.sleep(2.0)
+        figures["idle_cpu_pct_paused_live_engine"], _ = con.cpu_percent(args.seconds)
+        con.close()
+    finally:
+        for pid in engines:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    for key in ("idle_cpu_pct_finished_run", "idle_cpu_pct_paused_live_engine", "live_cpu_pct"):
+        figures[key] = round(float(figures[key]), 2)  # type: ignore[arg-type]
+    print(json.dumps(figures, indent=2))
+    print()
+    print(f"attach to {figures['history_events']} events ({figures['history_mb']} MB, {args.steps} steps): "
+          f"latest state drawn after {figures['attach_first_draw_s']} s, whole history after "
+          f"{figures['attach_full_history_s']} s (target < 2 s)")
+    print(f"memory after replaying {args.steps} steps: {figures['rss_after_replay_mb']} MB resident, peak "
+          f"{figures['peak_rss_mb']} MB (target < 200 MB)")
+    print(f"CPU idle: {figures['idle_cpu_pct_finished_run']}% of a core (finished run), "
+          f"{figures['idle_cpu_pct_paused_live_engine']}% (paused live engine) (target < 2%)")
+    print(f"CPU at {figures['live_events_per_s']} events/s: {figures['live_cpu_pct']}% of a core (target < 10%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
