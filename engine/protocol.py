@@ -480,6 +480,22 @@ def summarize_run(run_dir: str | os.PathLike, tail_bytes: int = 1 << 20) -> RunS
     return s
 
 
+def find_run(arg: str, output_dir: str | os.PathLike = "runs") -> Path | None:
+    """A run directory from a path, a run id, or a unique id prefix / name suffix under `output_dir`."""
+    p = Path(arg)
+    if (p / "profile.toml").is_file():
+        return p
+    base = Path(output_dir)
+    if (base / arg / "profile.toml").is_file():
+        return base / arg
+    if base.is_dir():
+        hits = sorted(d for d in base.iterdir() if (d / "profile.toml").is_file()
+                      and (d.name.startswith(arg) or d.name.endswith("-" + arg)))
+        if hits:
+            return hits[-1]
+    return None
+
+
 def list_runs(output_dir: str | os.PathLike) -> list[RunSummary]:
     """Every run directory under `output_dir`, newest first."""
     base = Path(output_dir)

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from engine.profile_io import ProfileError, dumps, load_profile
-from engine.protocol import COMMANDS, FINAL_STATUSES, EventReader, RunPaths, engine_alive, list_runs, send_command
+from engine.protocol import (COMMANDS, FINAL_STATUSES, EventReader, RunPaths, engine_alive, find_run, list_runs,
+                             send_command)
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
 
@@ -35,18 +36,7 @@ def _print_problems(err: ProfileError) -> int:
 
 def resolve_run(arg: str, output_dir: str = "runs") -> Path | None:
     """A run directory from a path or a run id (or unique id prefix / name suffix) under `output_dir`."""
-    p = Path(arg)
-    if (p / "profile.toml").is_file():
-        return p
-    base = Path(output_dir)
-    if (base / arg / "profile.toml").is_file():
-        return base / arg
-    if base.is_dir():
-        hits = sorted(d for d in base.iterdir() if (d / "profile.toml").is_file()
-                      and (d.name.startswith(arg) or d.name.endswith("-" + arg)))
-        if hits:
-            return hits[-1]
-    return None
+    return find_run(arg, output_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -128,26 +118,25 @@ def follow(run_dir: Path) -> int:
         print("\nstop sent: the engine saves a checkpoint and exits (Ctrl-C again to leave it running)", flush=True)
 
     signal.signal(signal.SIGINT, on_sigint)
-    while True:
+
+    def drain() -> str:
+        nonlocal status
         for ev in reader.poll():
             line = format_event(ev)
             if line:
                 print(line, flush=True)
             if ev.get("type") == "status":
                 status = ev.get("status", status)
-        if status in FINAL_STATUSES:
+        return status
+
+    while True:
+        if drain() in FINAL_STATUSES:
             return EXIT_OK if status in ("finished", "stopped") else EXIT_FAIL
         if time.monotonic() - last_alive_check > 2.0:
             last_alive_check = time.monotonic()
             if not engine_alive(run_dir):
-                time.sleep(0.5)
-                for ev in reader.poll():
-                    line = format_event(ev)
-                    if line:
-                        print(line, flush=True)
-                    if ev.get("type") == "status":
-                        status = ev.get("status", status)
-                if status in FINAL_STATUSES:
+                time.sleep(0.5)  # the last events may still be on their way
+                if drain() in FINAL_STATUSES:
                     return EXIT_OK if status in ("finished", "stopped") else EXIT_FAIL
                 print(f"the engine process ended without a final status; see {RunPaths(run_dir).log}",
                       file=sys.stderr)
