@@ -564,3 +564,17 @@ def test_hangup_exits_cleanly_and_the_engine_keeps_running(tmp_path: Path):
     finally:
         os.kill(engine_pid, signal.SIGKILL)
         os.waitpid(engine_pid, 0)
+
+
+async def test_compiling_shows_its_elapsed_time_from_the_injected_clock(tmp_path: Path):
+    eng = live_run(tmp_path)
+    eng.clock = lambda: 1000.0
+    eng.started(10)
+    eng.emit("status", status="compiling", phase="rollout", step=1, detail="sampler (first use)")
+    now = [1083.0]
+    app = make_app(tmp_path, attach=eng.paths.root, clock=lambda: now[0])
+    async with app.run_test(size=(100, 30)) as pilot:
+        await drawn(pilot, app, lambda s: s.status == "compiling")
+        await wait_until(pilot, lambda: "rollout · sampler (first use) 0:01:23" in screen_text(app))
+        now[0] = 1200.0  # the header keeps counting without new events
+        await wait_until(pilot, lambda: "0:03:20" in screen_text(app))

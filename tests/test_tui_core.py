@@ -91,11 +91,11 @@ def test_reader_offsets_torn_lines_and_replacement(tmp_path: Path):
     path.write_bytes(b'{"a":1}\n{"b":2}\n{"c":')
     r = LineReader(path)
     chunk = r.read()
-    assert chunk.lines == [b'{"a":1}', b'{"b":2}'] and chunk.offsets == [0, 8]
+    assert chunk.lines == [b'{"a":1}', b'{"b":2}'] and chunk.start == 0 and chunk.end == 16
     with open(path, "ab") as fh:
         fh.write(b'3}\n')
     chunk = r.read()
-    assert chunk.lines == [b'{"c":3}'] and chunk.offsets == [16]
+    assert chunk.lines == [b'{"c":3}'] and chunk.start == 16
     assert r.read().lines == []
     path.write_bytes(b'{"x":1}\n')  # replaced by a shorter file
     chunk = r.read()
@@ -120,7 +120,7 @@ def _fold(engine: FakeEngine, state: RunState | None = None) -> RunState:
     state = state or RunState(engine.paths.run_id, events_path=engine.paths.events)
     reader = LineReader(engine.paths.events)
     chunk = reader.read()
-    state.fold_lines(chunk.lines, chunk.offsets)
+    state.fold_lines(chunk.lines, chunk.start)
     return state
 
 
@@ -178,18 +178,18 @@ def test_pause_label_follows_acknowledgement(tmp_path: Path):
     reader.read()
     eng.status("running", "update")  # the engine finishes its step before pausing: still not paused
     chunk = reader.read()
-    state.fold_lines(chunk.lines, chunk.offsets)
+    state.fold_lines(chunk.lines, chunk.start)
     assert state.pause_label() == "Pausing…"
     assert eng.answer_commands() == ["pause"]
     chunk = reader.read()
-    state.fold_lines(chunk.lines, chunk.offsets)
+    state.fold_lines(chunk.lines, chunk.start)
     assert state.paused and state.pause_label() == "Resume" and not state.pending
     cid = send_command(eng.paths.root, "resume")
     state.note_command(cid, "resume", time.time())
     assert state.pause_label() == "Resuming…"
     eng.answer_commands()
     chunk = reader.read()
-    state.fold_lines(chunk.lines, chunk.offsets)
+    state.fold_lines(chunk.lines, chunk.start)
     assert not state.paused and state.pause_label() == "Pause"
 
 
@@ -201,7 +201,7 @@ def test_samples_are_indexed_and_read_back_from_disk(tmp_path: Path):
     state = RunState(eng.paths.run_id, events_path=eng.paths.events)
     state.samples.keep = 8
     chunk = LineReader(eng.paths.events).read()
-    state.fold_lines(chunk.lines, chunk.offsets)
+    state.fold_lines(chunk.lines, chunk.start)
     assert len(state.samples) == 80
     assert len(state.samples._raw) <= 8  # only the newest raw lines stay in memory
     assert state.samples.get(0)["step"] == 1  # the oldest comes back from the file by offset
@@ -400,3 +400,17 @@ def test_model_text_cannot_drive_the_terminal():
     assert "\x1b" not in "".join(p for p, _ in tag_segments(raw)) and "\x1b" not in ellipsize(raw, 50)
     assert profile_label("/runs/20260101-000000-tiny/profile.toml", "20260101-000000-tiny") == "tiny"
     assert profile_label("profiles/quickstart.toml", "x") == "quickstart" and profile_label("bench", "x") == "bench"
+
+
+def test_lines_written_with_spaces_take_the_full_parse(tmp_path: Path):
+    path = tmp_path / "events.jsonl"
+    events = [{"v": 1, "seq": 0, "t": 1.0, "type": "run_started", "total_steps": 4},
+              {"v": 1, "seq": 1, "t": 2.0, "type": "sample", "step": 1, "prompt": "p", "answer": "1",
+               "completions": []},
+              {"v": 1, "seq": 2, "t": 3.0, "type": "step", "step": 1, "metrics": {"loss": 0.5}}]
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))  # json.dumps puts a space after colons
+    state = RunState("r", events_path=path)
+    chunk = LineReader(path).read()
+    state.fold_lines(chunk.lines, chunk.start)
+    assert state.total_steps == 4 and state.step == 1 and len(state.samples) == 1 and state.skipped == 0
+    assert state.samples.get(-1)["prompt"] == "p"

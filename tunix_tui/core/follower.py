@@ -74,7 +74,7 @@ class Follower:
                 self.state.last_problem = "the event file was replaced; reading it again"
         if chunk.lines:
             with self.lock:
-                self.state.fold_lines(chunk.lines, chunk.offsets)
+                self.state.fold_lines(chunk.lines, chunk.start)
         more = self._reader.offset < chunk.size
         if not more:
             self.caught_up = True
@@ -89,12 +89,12 @@ class Follower:
         head = LineReader(self.paths.events)
         first = head.read(64 << 10)
         if first.lines:
-            tail_state.fold_lines(first.lines[:1], first.offsets[:1])
+            tail_state.fold_lines(first.lines[:1], first.start)
         start = max(0, size - self.tail_bytes)
         reader = LineReader(self.paths.events, offset=start)
         chunk = reader.read(self.tail_bytes + (1 << 20))
-        lines, offsets = chunk.lines[1:], chunk.offsets[1:]  # the first line of the tail is cut
-        tail_state.fold_lines(lines, offsets)
+        if chunk.lines:  # the first line of the tail is cut
+            tail_state.fold_lines(chunk.lines[1:], chunk.start + len(chunk.lines[0]) + 1)
         tail_state.history_from = tail_state.history.step_range()[0] if tail_state.history.count else None
         with self.lock:
             self._carry(self.state, tail_state)
@@ -108,7 +108,7 @@ class Follower:
         full, reader = self._behind  # type: ignore[misc]
         chunk = reader.read(self.chunk_bytes)
         if chunk.lines:
-            full.fold_lines(chunk.lines, chunk.offsets)
+            full.fold_lines(chunk.lines, chunk.start)
         if chunk.size:
             self.load_fraction = min(1.0, chunk.end / chunk.size)
         if reader.offset < chunk.size:

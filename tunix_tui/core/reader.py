@@ -15,9 +15,10 @@ _TYPE_KEY = b'"type":'
 
 @dataclass
 class Chunk:
-    """Complete lines read in one go; `offsets[i]` is where `lines[i]` starts in the file."""
+    """Complete lines read in one go; the first starts at file offset `start`, each next one after the newline
+    of the one before."""
     lines: list[bytes]
-    offsets: list[int]
+    start: int
     end: int  # file offset after the last complete line
     size: int  # file size seen
     reset: bool = False  # the file shrank or was replaced: everything before is void
@@ -58,28 +59,22 @@ class LineReader:
                 data = fh.read(max_bytes)
         except FileNotFoundError:
             self.missing, self.problem = True, "the event file is gone"
-            return Chunk([], [], self.position, 0)
+            return Chunk([], self.position, self.position, 0)
         except OSError as exc:
             self.missing, self.problem = True, f"cannot read the event file: {exc}"
-            return Chunk([], [], self.position, 0)
+            return Chunk([], self.position, self.position, 0)
         self.missing = False
         start = self.position
         self.offset += len(data)
         if not data:
-            return Chunk([], [], start, st.st_size, reset)
+            return Chunk([], start, start, st.st_size, reset)
         buf = self._pending + data if self._pending else data
         cut = buf.rfind(b"\n")
         if cut < 0:
             self._pending = buf
-            return Chunk([], [], start, st.st_size, reset)
+            return Chunk([], start, start, st.st_size, reset)
         self._pending = buf[cut + 1:]
-        lines = buf[:cut].split(b"\n")
-        offsets = []
-        pos = start
-        for line in lines:
-            offsets.append(pos)
-            pos += len(line) + 1
-        return Chunk(lines, offsets, pos, st.st_size, reset)
+        return Chunk(buf[:cut].split(b"\n"), start, start + cut + 1, st.st_size, reset)
 
 
 def line_type(line: bytes) -> bytes | None:

@@ -28,6 +28,9 @@ class LogPane(Pane):
             yield TextBox(id="log-engine")
             yield TextBox(id="log-feed")
 
+    def on_mount(self) -> None:
+        self.query_one("#log-scroll", VerticalScroll).anchor()  # follow new lines until the reader scrolls up
+
     def update_from(self, state: RunState, now: float) -> None:
         v = self.app.theme_variables
         err = self.query_one("#log-error", TextBox)
@@ -61,9 +64,6 @@ class LogPane(Pane):
             feed.append("no events yet", style="dim")
         self.query_one("#log-feed", TextBox).set(feed)
         scroll = self.query_one("#log-scroll", VerticalScroll)
-        if scroll.has_focus:  # the reader is scrolling: leave the view where it is
-            return
-        if err.display:
+        if err.display and scroll.is_anchored:  # a failure: show the error and traceback first
+            scroll.anchor(False)
             scroll.call_after_refresh(scroll.scroll_home, animate=False)
-        else:
-            scroll.call_after_refresh(scroll.scroll_end, animate=False)

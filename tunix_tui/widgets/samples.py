@@ -90,7 +90,13 @@ class SamplesPane(Pane):
             return
         completions = [c for c in group.get("completions") or [] if isinstance(c, dict)]
         rewards = list(dict.fromkeys(k for c in completions for k in (c.get("rewards") or {})))
-        table.add_columns("#", "total", "adv", *(reward_label(r) for r in rewards), "len", "text")
+        table.add_column("#", width=2)  # fixed widths: the table never jumps from one group to the next
+        table.add_column("total", width=6)
+        table.add_column("adv", width=6)
+        for r in rewards:
+            table.add_column(reward_label(r), width=max(6, len(reward_label(r))))
+        table.add_column("len", width=4)
+        table.add_column("text", width=40)
         for i, c in enumerate(completions):
             scores = c.get("rewards") or {}
             length = f"{c.get('length', '-')}" + ("+" if c.get("truncated") else "")
