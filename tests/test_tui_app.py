@@ -363,12 +363,19 @@ async def test_command_palette_runs_dashboard_actions(tmp_path: Path):
         await wait_until(pilot, lambda: control_files(eng) == ["checkpoint"])
 
 
-async def test_theme_toggle(tmp_path: Path):
-    app = make_app(tmp_path)
+async def test_theme_toggle_redraws_the_dashboard(tmp_path: Path):
+    eng = live_run(tmp_path)
+    eng.started(10)
+    eng.full_step(1)
+    app = make_app(tmp_path, attach=eng.paths.root)
     async with app.run_test(size=(80, 24)) as pilot:
+        await drawn(pilot, app, lambda s: s.step == 1)
         assert app.current_theme.dark
+        before = dash(app).redraws
         await pilot.press("f10")
         assert not app.current_theme.dark
+        await wait_until(pilot, lambda: dash(app).redraws > before)
+        assert "loss " in screen_text(app)
         await pilot.press("f10")
         assert app.current_theme.dark
 

@@ -4,7 +4,6 @@ a run directory, the profile form and the run catalog. No Textual here."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from tunix_tui.core.catalog import RunCatalog, delete_run, find_profiles, header
 from tunix_tui.core.follower import Follower
 from tunix_tui.core.form import ProfileForm, parse_text as parse_field
 from tunix_tui.core.history import StepHistory, regroup
-from tunix_tui.core.reader import LineReader, line_step, line_type
+from tunix_tui.core.reader import LineReader, line_step
 from tunix_tui.core.runstate import RunState
 from tunix_tui.core.text import hms, size, tag_segments
 
@@ -105,11 +104,9 @@ def test_reader_offsets_torn_lines_and_replacement(tmp_path: Path):
     assert r.missing
 
 
-def test_line_type_and_step_without_parsing():
-    line = b'{"v":1,"seq":3,"t":1.5,"type":"sample","step":42,"prompt":"x"}'
-    assert line_type(line) == b"sample" and line_step(line) == 42
-    assert line_type(b'{"type": "step", "step": 7}') == b"step" and line_step(b'{"step": 7}') == 7
-    assert line_type(b"garbage") is None and line_step(b"garbage") is None
+def test_line_step_without_parsing():
+    assert line_step(b'{"v":1,"seq":3,"t":1.5,"type":"sample","step":42,"prompt":"x"}') == 42
+    assert line_step(b'{"step": 7}') == 7 and line_step(b"garbage") is None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ fixed event times, UTC, relative paths, no cursor blink. Update them with `pytes
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any

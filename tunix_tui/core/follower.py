@@ -181,13 +181,25 @@ class Follower:
             self.state.engine_log = lines
             self.state.touch("log")
 
-    def run(self, stop: threading.Event, interval: float = 0.5) -> None:
-        """Follow until `stop` is set: read while behind, otherwise sleep `interval` between polls."""
+    def run(self, stop: threading.Event, interval: float | Callable[[], float] = 0.5) -> None:
+        """Follow until `stop` is set: read while behind, otherwise sleep `interval` between polls. A failure
+        to read becomes a problem shown in the state (and a longer sleep), never an exception."""
+        failures = 0
         while not stop.is_set():
-            more = self.poll()
-            self.check_engine()
+            try:
+                more = self.poll()
+                self.check_engine()
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - whatever the files do, the console keeps going
+                failures += 1
+                more = False
+                with self.lock:
+                    self.state.last_problem = f"reading the run failed: {exc}"
+                    self.state.skipped += 1
+                    self.state.touch("header", "log")
             if not more:
-                stop.wait(interval)
+                wait = interval() if callable(interval) else interval
+                stop.wait(wait * min(8, 1 + failures))
 
 
 def _pid_running(pid: int) -> bool:

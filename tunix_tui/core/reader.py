@@ -10,9 +10,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_TYPE_KEY = b'"type":'
-
-
 @dataclass
 class Chunk:
     """Complete lines read in one go; the first starts at file offset `start`, each next one after the newline
@@ -75,20 +72,6 @@ class LineReader:
             return Chunk([], start, start, st.st_size, reset)
         self._pending = buf[cut + 1:]
         return Chunk(buf[:cut].split(b"\n"), start, start + cut + 1, st.st_size, reset)
-
-
-def line_type(line: bytes) -> bytes | None:
-    """The event type named near the start of a line, without parsing it (None when not found there)."""
-    i = line.find(_TYPE_KEY, 0, 160)
-    if i < 0:
-        return None
-    i += len(_TYPE_KEY)
-    while i < len(line) and line[i] in b" \t":
-        i += 1
-    if i >= len(line) or line[i] != 0x22:  # '"'
-        return None
-    j = line.find(b'"', i + 1, i + 40)
-    return line[i + 1:j] if j > 0 else None
 
 
 def line_step(line: bytes) -> int | None:

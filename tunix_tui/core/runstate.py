@@ -105,12 +105,6 @@ class SampleStore:
     def __len__(self) -> int:
         return len(self.offsets)
 
-    def add_raw(self, offset: int, step: int, raw: bytes) -> None:
-        """Index one sample line (its text stays in memory while it is among the newest `keep`)."""
-        self.offsets.append(offset)
-        self.steps.append(step)
-        self.keep_raw([(offset, raw)])
-
     def keep_raw(self, items: list[tuple[int, bytes]]) -> None:
         """Keep the text of already indexed lines, newest last; only the newest `keep` stay."""
         for offset, raw in items[-self.keep:]:

@@ -136,22 +136,8 @@ class DashboardScreen(Screen):
         self._stop.set()
 
     def _follow(self) -> None:
-        """Worker thread: fold new events while behind, else sleep; errors become messages, never crashes."""
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                more = self.follower.poll()
-                self.follower.check_engine()
-                failures = 0
-            except Exception as exc:  # noqa: BLE001 - a reader problem must not end the console
-                failures += 1
-                more = False
-                with self.follower.lock:
-                    self.follower.state.last_problem = f"reading the run failed: {exc}"
-                    self.follower.state.skipped += 1
-                    self.follower.state.touch("header", "log")
-            if not more:
-                self._stop.wait(self.app.poll_interval * min(8, 1 + failures))
+        """Worker thread: the follower reads while behind and sleeps otherwise, until the screen goes."""
+        self.follower.run(self._stop, lambda: self.app.poll_interval)
 
     @staticmethod
     def _mode_for(width: int, height: int) -> str:
@@ -376,8 +362,3 @@ class DashboardScreen(Screen):
         variables = self.app.theme_variables
         self.app.push_screen(CompletionScreen(pane.group, event.cursor_row, step,
                                               lambda text: highlighted(text, variables)))
-
-
-def wall_clock() -> float:
-    """The default clock (tests inject a fixed one)."""
-    return time.time()

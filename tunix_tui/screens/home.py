@@ -150,8 +150,8 @@ class HomeScreen(Screen):
         s = r.summary
         step = f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step)
         status = s.status if s.status != "unknown" else ("starting" if s.alive else "no events")
-        return (s.name or s.run_id, profile_label(s.profile, s.run_id) or "-", status, step, num(s.reward, ".3f"), pct(s.accuracy),
-                clock_time(s.started, self.app.clock()), hms(r.elapsed) if s.started else "-")
+        return (s.name or s.run_id, profile_label(s.profile, s.run_id) or "-", status, step, num(s.reward, ".3f"),
+                pct(s.accuracy), clock_time(s.started, self.app.clock()), hms(r.elapsed) if s.started else "-")
 
     def _current_run(self) -> RunRow | None:
         table = self.query_one("#runs", DataTable)
