@@ -46,8 +46,7 @@ def child_main(run_dir: str, report: str, t0: float) -> None:
     marks: dict[str, float] = {"imported": time.time() - t0}
 
     class BenchApp(TunixApp):
-        def on_mount(self) -> None:
-            super().on_mount()
+        def on_mount(self) -> None:  # Textual also runs TunixApp.on_mount (handlers run along the MRO)
             self._probe_timer = self.set_interval(0.1, self._probe)
 
         def _probe(self) -> None:
@@ -61,6 +60,7 @@ def child_main(run_dir: str, report: str, t0: float) -> None:
             if "full_history" not in marks and screen.caught_up:
                 marks["full_history"] = time.time() - t0  # every event folded and drawn
                 marks["cpu_s"] = time.process_time()  # the console's own CPU time until then (all threads)
+                marks["threads"] = _thread_cpu()
                 marks["history_steps"] = state.history.count
                 marks["samples_indexed"] = len(state.samples)
                 marks["rss_mb"] = _rss_mb(os.getpid())
@@ -72,6 +72,21 @@ def child_main(run_dir: str, report: str, t0: float) -> None:
 
 # ---------------------------------------------------------------------------------------------------------------
 # the parent: spawn consoles in pseudo-terminals and watch them
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds per thread of this process (by thread name and id)."""
+    out = {}
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = names.get(int(task.name), stat[stat.index("(") + 1:stat.rindex(")")])
+        fields = stat.rsplit(")", 1)[1].split()
+        out[f"{name}/{task.name}"] = round((int(fields[11]) + int(fields[12])) / TICK, 2)
+    return out
 
 
 def _rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -174,6 +189,13 @@ def main() -> int:
         events = long_dir / "events.jsonl"
         figures["history_mb"] = round(events.stat().st_size / 2**20, 1)
         figures["history_events"] = _line_count(events)
+        from tunix_tui.core.follower import Follower
+        folder = Follower(long_dir, tail_threshold=1 << 62)  # the core alone: fold every event, no UI
+        c0 = time.process_time()
+        while folder.poll():
+            pass
+        figures["fold_only_cpu_s"] = round(time.process_time() - c0, 2)
+        del folder
         report = work / "long.json"
         report.unlink(missing_ok=True)
         con = Console(long_dir, report)
@@ -236,7 +258,8 @@ def main() -> int:
     print(f"attach to {figures['history_events']} events ({figures['history_mb']} MB, {args.steps} steps): "
           f"latest state drawn after {figures['attach_first_draw_s']} s, whole history after "
           f"{figures['attach_full_history_s']} s ({figures['attach_full_history_cpu_s']} s of CPU, start-up included; "
-          f"target < 2 s; machine load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+          f"target < 2 s; machine load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores); the fold alone, "
+          f"without a UI: {figures['fold_only_cpu_s']} s of CPU")
     print(f"memory after replaying {args.steps} steps: {figures['rss_after_replay_mb']} MB resident, peak "
           f"{figures['peak_rss_mb']} MB (target < 200 MB)")
     print(f"CPU idle: {figures['idle_cpu_pct_finished_run']}% of a core (finished run), "
