@@ -167,6 +167,7 @@ def _cached_logits(model, tokens, valid, chunks):
     return np.concatenate(out, axis=1)
 
 
+@pytest.mark.slow
 def test_kv_cache_decoding_equals_full_forward_past_the_window_with_left_padding():
     cfg = _tiny(sliding_window=16)
     model = Gemma3(cfg, rngs=nnx.Rngs(3))

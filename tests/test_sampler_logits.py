@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.sampler import sample_logits
+from engine.sampler import sample_logits, top_k_rows
 
 V = 12
 
@@ -93,3 +93,37 @@ def test_same_seed_same_tokens_different_seed_different_tokens():
     b, _ = _draw(logits, jnp.asarray([5]), 1.0, 1.0, top_k=0)
     c, _ = _draw(logits, jnp.asarray([6]), 1.0, 1.0, top_k=0)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_two_stage_top_k_is_exact_in_both_layouts():
+    rng = np.random.default_rng(5)
+    logits = rng.normal(0, 1, (6, 128 * 64)).astype(np.float32)
+    logits[0, 5000:5040] += 10.0          # the whole top k inside one block region
+    logits[1, ::128] += 5.0               # each winner in a different block
+    logits[2] = np.round(logits[2], 1)    # many equal values
+    want_vals, want_idx = jax.lax.top_k(jnp.asarray(logits), 50)
+    for vocab_major in (False, True):
+        x = jnp.asarray(logits.T if vocab_major else logits)
+        vals, idx = jax.jit(top_k_rows, static_argnames=("k", "vocab_major"))(x, k=50, vocab_major=vocab_major)
+        np.testing.assert_array_equal(np.asarray(vals), np.asarray(want_vals))
+        got = np.asarray(idx)
+        np.testing.assert_array_equal(np.take_along_axis(logits, got, 1), np.asarray(want_vals))
+        assert all(len(set(r)) == 50 for r in got)
+        np.testing.assert_array_equal(got[:2], np.asarray(want_idx)[:2])
+
+
+def test_vocabulary_major_layout_samples_the_same_tokens():
+    logits = jnp.asarray(np.random.default_rng(6).normal(0, 2.0, (8, 128 * 40)), jnp.float32)
+    for kw in [dict(top_k=50), dict(top_k=0), dict(top_k=7, use_top_p=True), dict(top_k=0, greedy=True)]:
+        a = _draw(logits, SEEDS[:20], 0.8, 0.9, **kw)
+        b = _draw_vocab_major(logits.T, SEEDS[:20], 0.8, 0.9, **kw)
+        np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+        np.testing.assert_allclose(np.asarray(a[1]), np.asarray(b[1]), atol=1e-5)
+
+
+@functools.partial(jax.jit, static_argnames=("top_k", "greedy", "use_top_p"))
+def _draw_vocab_major(logits_vb, seeds, temperature, top_p, *, top_k, greedy=False, use_top_p=False):
+    def one(seed):
+        return sample_logits(logits_vb, jax.random.key(seed), temperature, top_p, top_k=top_k, greedy=greedy,
+                             use_top_p=use_top_p, vocab_major=True)
+    return jax.vmap(one)(seeds)

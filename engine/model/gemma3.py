@@ -23,7 +23,8 @@ _NORM_EPS = 1e-6
 
 
 class Cache(NamedTuple):
-    """Key/value cache: one `[B, num_kv_heads, S, head_dim]` array per layer, and the next write slot."""
+    """Key/value cache: one `[B * num_kv_heads, S, head_dim]` array per layer (row b*K + kv head), and the next
+    write slot."""
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
@@ -32,7 +33,7 @@ class Cache(NamedTuple):
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: jnp.dtype) -> Cache:
     """An empty cache of `max_len` slots for `batch` rows."""
-    shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+    shape = (batch * cfg.num_kv_heads, max_len, cfg.head_dim)
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
     return Cache(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
                  index=jnp.zeros((), jnp.int32))
@@ -54,17 +55,21 @@ def _normal(stddev: float):
     return nnx.initializers.normal(stddev=stddev)
 
 
+def rms_norm(x: jax.Array, scale: jax.Array) -> jax.Array:
+    """`x * rsqrt(mean(x^2) + 1e-6) * (1 + scale)` over the last axis, computed in float32."""
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    return (x32 * jax.lax.rsqrt(var + _NORM_EPS) * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
+
+
 class RMSNorm(nnx.Module):
-    """`x * rsqrt(mean(x^2) + 1e-6) * (1 + scale)`, computed in float32."""
+    """RMSNorm with weight `scale` applied as `(1 + scale)`."""
 
     def __init__(self, dim: int, *, param_dtype: jnp.dtype):
         self.scale = nnx.Param(jnp.zeros((dim,), param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
-        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-        y = x32 * jax.lax.rsqrt(var + _NORM_EPS) * (1.0 + self.scale[...].astype(jnp.float32))
-        return y.astype(x.dtype)
+        return rms_norm(x, self.scale[...])
 
 
 class Proj(nnx.Module):
@@ -99,7 +104,7 @@ class Embedder(nnx.Module):
 
     def decode(self, hidden: jax.Array) -> jax.Array:
         emb = self.input_embedding[...].astype(self.dtype)
-        return jnp.einsum("...d,vd->...v", hidden.astype(self.dtype), emb)
+        return jnp.dot(hidden.astype(self.dtype), emb.T)
 
 
 def rope_tables(positions: jax.Array, head_dim: int, base: float, scale: float) -> tuple[jax.Array, jax.Array]:
@@ -117,24 +122,64 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
     return out.astype(x.dtype)
 
 
-def _scores(qg: jax.Array, keys: jax.Array) -> jax.Array:
-    """q [B, T, K, G, h] . keys [B, K, S, h] -> float32 [B, K, G, T, S].
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, rope: tuple[jax.Array, jax.Array], mask: jax.Array,
+           query_scale: float, kv: tuple[jax.Array, jax.Array] | None, index: jax.Array | None,
+           ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """Attention after the QK-norm: q [B, T, H, h], k/v [B, T, K, h] -> ([B, T, H*h], updated layer cache).
 
-    For one query (decoding) a multiply-and-reduce reads the cache once in its stored layout; XLA's CPU dot
-    would first copy it into another layout."""
-    if qg.shape[1] == 1:
-        q = qg[:, 0].astype(jnp.float32)                                     # [B, K, G, h]
-        return jnp.sum(q[:, :, :, None, :] * keys[:, :, None].astype(jnp.float32), axis=-1)[:, :, :, None, :]
-    return jnp.einsum("btkgh,bksh->bkgts", qg, keys, preferred_element_type=jnp.float32)
+    Keys and values are handled as [B*K, S, h] (the cache layout), queries as [B*K, G*T, h] (G = H / K), so both
+    products are plain batched matrix products over the cache as it is stored."""
+    b, t, nh, hd = q.shape
+    nk = k.shape[2]
+    g = nh // nk
+    sin, cos = rope
+    q = apply_rope(q, sin, cos) * jnp.asarray(query_scale, q.dtype)
+    k = apply_rope(k, sin, cos)
+    qn = q.reshape(b, t, nk, g, hd).transpose(0, 2, 3, 1, 4).reshape(b * nk, g * t, hd)
+    kn = k.transpose(0, 2, 1, 3).reshape(b * nk, t, hd)
+    vn = v.transpose(0, 2, 1, 3).reshape(b * nk, t, hd)
+    if kv is None:
+        keys, values, new_kv = kn, vn, None
+    else:
+        # Write first, then attend over the whole cache, so that the old cache has no reader besides its in-place
+        # update (reading the old cache and writing it independently makes XLA copy it at every step).
+        keys = jax.lax.dynamic_update_slice(kv[0], kn.astype(kv[0].dtype), (0, index, 0))
+        values = jax.lax.dynamic_update_slice(kv[1], vn.astype(kv[1].dtype), (0, index, 0))
+        new_kv = (keys, values)
+    s = keys.shape[1]
+    scores = jnp.einsum("nqh,nsh->nqs", qn, keys.astype(q.dtype), preferred_element_type=jnp.float32)
+    full_mask = jnp.broadcast_to(mask[:, None, None], (b, nk, g, t, s)).reshape(b * nk, g * t, s)
+    scores = jnp.where(full_mask, scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.einsum("nqs,nsh->nqh", probs, values.astype(q.dtype))
+    out = out.reshape(b, nk, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, nh * hd)
+    return out, new_kv
 
 
-def _weighted_values(probs: jax.Array, values: jax.Array) -> jax.Array:
-    """probs [B, K, G, T, S] . values [B, K, S, h] -> [B, T, K, G, h]."""
-    if probs.shape[3] == 1:
-        p = probs[:, :, :, 0].astype(jnp.float32)                             # [B, K, G, S]
-        out = jnp.sum(p[..., None] * values[:, :, None].astype(jnp.float32), axis=3)  # [B, K, G, h]
-        return out[:, None].astype(values.dtype)
-    return jnp.einsum("bkgts,bksh->btkgh", probs, values)
+class LayerInputs(NamedTuple):
+    """Per-forward tables shared by all layers: masks and RoPE tables for local and global layers."""
+
+    local_mask: jax.Array
+    global_mask: jax.Array
+    local_rope: tuple[jax.Array, jax.Array]
+    global_rope: tuple[jax.Array, jax.Array]
+    index: jax.Array
+
+    def for_layer(self, cfg: ModelConfig, i: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        return (self.global_mask, self.global_rope) if cfg.is_global(i) else (self.local_mask, self.local_rope)
+
+
+def layer_inputs(cfg: ModelConfig, positions: jax.Array, attn_mask: jax.Array, cache: Cache | None) -> LayerInputs:
+    """Masks (the caller's, plus the sliding window on local layers, in slot distance) and RoPE tables."""
+    t, s = positions.shape[1], attn_mask.shape[-1]
+    index = cache.index if cache is not None else jnp.zeros((), jnp.int32)
+    q_slot = index + jnp.arange(t, dtype=jnp.int32)
+    local_ok = (q_slot[:, None] - jnp.arange(s, dtype=jnp.int32)[None, :]) < cfg.sliding_window
+    return LayerInputs(
+        local_mask=attn_mask & local_ok[None], global_mask=attn_mask,
+        local_rope=rope_tables(positions, cfg.head_dim, cfg.local_rope_base, 1.0),
+        global_rope=rope_tables(positions, cfg.head_dim, cfg.global_rope_base, cfg.global_rope_scale),
+        index=index)
 
 
 class Attention(nnx.Module):
@@ -156,28 +201,10 @@ class Attention(nnx.Module):
                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         b, t, _ = x.shape
         nh, nk, hd = self.num_heads, self.num_kv_heads, self.head_dim
-        q = self.q_einsum(x).reshape(b, t, nh, hd)
+        q = self.q_norm(self.q_einsum(x).reshape(b, t, nh, hd))
         kvp = self.kv_einsum(x).reshape(b, t, 2, nk, hd)
-        k, v = kvp[:, :, 0], kvp[:, :, 1]
-        sin, cos = rope
-        q = apply_rope(self.q_norm(q), sin, cos) * jnp.asarray(self.query_scale, q.dtype)
-        k = apply_rope(self.k_norm(k), sin, cos)
-        qg = q.reshape(b, t, nk, nh // nk, hd)
-        k = k.transpose(0, 2, 1, 3)  # [B, K, T, h]
-        v = v.transpose(0, 2, 1, 3)
-        if kv is None:
-            keys, values, new_kv = k, v, None
-        else:
-            # Write first, then attend over the whole cache: the old cache has no other reader, so XLA updates it
-            # in place (reading the old cache and writing it independently makes XLA copy it every step).
-            keys = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, 0, index, 0))
-            values = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, 0, index, 0))
-            new_kv = (keys, values)
-        scores = _scores(qg, keys.astype(q.dtype))
-        scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-        out = _weighted_values(probs, values.astype(q.dtype))
-        out = out.reshape(b, t, nh * hd)
+        k = self.k_norm(kvp[:, :, 0])
+        out, new_kv = attend(q, k, kvp[:, :, 1], rope, mask, self.query_scale, kv, index)
         return self.attn_vec_einsum(out), new_kv
 
 
@@ -233,26 +260,18 @@ class Gemma3(nnx.Module):
 
         With a cache, the T new keys/values are written at slots `cache.index ... cache.index + T - 1`."""
         cfg = self.cfg
-        t, s = tokens.shape[1], attn_mask.shape[-1]
-        index = cache.index if cache is not None else jnp.zeros((), jnp.int32)
-        q_slot = index + jnp.arange(t, dtype=jnp.int32)
-        local_ok = (q_slot[:, None] - jnp.arange(s, dtype=jnp.int32)[None, :]) < cfg.sliding_window
-        masks = {False: attn_mask & local_ok[None], True: attn_mask}
-        ropes = {
-            False: rope_tables(positions, cfg.head_dim, cfg.local_rope_base, 1.0),
-            True: rope_tables(positions, cfg.head_dim, cfg.global_rope_base, cfg.global_rope_scale),
-        }
+        inputs = layer_inputs(cfg, positions, attn_mask, cache)
         x = self.embedder.encode(tokens)
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
-            g = cfg.is_global(i)
+            mask, rope = inputs.for_layer(cfg, i)
             kv = (cache.k[i], cache.v[i]) if cache is not None else None
-            x, kv = layer(x, ropes[g], masks[g], kv, index)
+            x, kv = layer(x, rope, mask, kv, inputs.index)
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])
         x = self.final_norm(x)
-        new_cache = Cache(tuple(new_k), tuple(new_v), index + t) if cache is not None else None
+        new_cache = Cache(tuple(new_k), tuple(new_v), inputs.index + tokens.shape[1]) if cache is not None else None
         return x, new_cache
 
     def logits(self, hidden: jax.Array) -> jax.Array:
