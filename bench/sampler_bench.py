@@ -13,7 +13,9 @@ matmul FLOPs / measured matmul FLOP/s); the measured figure is printed as a frac
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,6 +61,45 @@ def measure_matmul(dtype, n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 / _best_time(lambda: f(a, b), reps)
 
 
+# Run by --hf-peer's interpreter (torch + transformers): Hugging Face generate on the same GGUF, same setting.
+_HF_PEER = r"""
+import json, statistics, sys, time
+import numpy as np, torch
+from transformers import AutoModelForCausalLM
+path, batch, prompt_len, new, runs = sys.argv[1], *map(int, sys.argv[2:6])
+torch.set_num_threads(2)
+model = AutoModelForCausalLM.from_pretrained(str(__import__("pathlib").Path(path).parent),
+                                             gguf_file=__import__("pathlib").Path(path).name, torch_dtype=torch.float32)
+model.eval()
+rng = np.random.default_rng(0)
+ids = torch.tensor([[2] + rng.integers(4, 262144, prompt_len - 1).tolist() for _ in range(batch)])
+kw = dict(do_sample=True, temperature=0.9, top_k=50, top_p=1.0, max_new_tokens=new, min_new_tokens=new)
+times = []
+with torch.inference_mode():
+    model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+    for i in range(runs):
+        torch.manual_seed(i)
+        t = time.perf_counter()
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+        times.append(time.perf_counter() - t)
+print(json.dumps({"tok_s": batch * (out.shape[1] - prompt_len) / statistics.median(times)}))
+"""
+
+
+def run_hf_peer(python: str, batch: int, prompt_len: int, new_tokens: int, runs: int) -> float | None:
+    """tokens/s of Hugging Face transformers' generate in another interpreter, or None when it fails."""
+    from engine.weights.gguf import default_gguf_path
+
+    cmd = [python, "-c", _HF_PEER, str(default_gguf_path()), str(batch), str(prompt_len), str(new_tokens),
+           str(runs)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode or not lines:
+        print(f"# HF peer failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}", flush=True)
+        return None
+    return float(json.loads(lines[-1])["tok_s"])
+
+
 def load_weights(random_weights: bool) -> tuple[dict[str, np.ndarray], str]:
     cfg = model_config("270m")
     if not random_weights:
@@ -83,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--lora-rank", type=int, default=0, help="attach LoRA adapters of this rank (GRPO setting)")
     ap.add_argument("--random-weights", action="store_true")
+    ap.add_argument("--hf-peer", metavar="PYTHON", default=None,
+                    help="an interpreter with torch + transformers: also time HF generate (fp32, batch 8) in this run")
     args = ap.parse_args(argv)
     runs = args.runs or (1 if args.quick else 3)
     new_tokens = args.new_tokens or (32 if args.quick else 128)
@@ -137,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             vs_hf = f"{tok_s / HF_B8:.2f}x" if batch == 8 and dtype_name == "float32" else "-"
             print(f"{dtype_name:9} {batch:5d} {first:12.1f} {med:9.2f} {tok_s:8.1f} {step_ms:8.1f} {limit_ms:8.1f} "
                   f"{limit_ms / step_ms:8.0%} {vs_tunix:>8} {vs_hf:>6}", flush=True)
+            if args.hf_peer and batch == 8 and dtype_name == "float32":
+                hf = run_hf_peer(args.hf_peer, batch, args.prompt_len, new_tokens, runs)
+                if hf is not None:
+                    print(f"  HF transformers generate, same setting, measured now: {hf:.1f} tok/s; ours "
+                          f"{tok_s / hf:.2f}x", flush=True)
         del model, sampler
     print("peers (ANCHORS §5, fp32, this machine): Tunix 0.1.7 40 / 124.5 / 184 tok/s at batch 1 / 8 / 32; "
           "HF transformers about 55 tok/s at batch 8")

@@ -10,11 +10,11 @@ program per (batch bucket, prompt bucket, sampling mode). The cache holds P + ma
   calling the same program again with a later step limit, so `on_partial` costs no recompilation.
 
 Each call reads the model's current state (`nnx.split`) and passes it to the programs as an argument, so
-training updates (LoRA included) are seen without recompiling. By default (`fast_weights`) the layer weights
-are first rearranged once per call by `engine.model.infer.prepare` (LoRA folded in, output-major, fused
-projections), the layout XLA's CPU matmuls handle fastest for a few rows; the output layer for 4+ rows gives
-vocabulary-major logits [V, B] that the sampling code reads in place (full-vocabulary log-sum-exp and a
-two-stage exact top-k, never a [B, V] transpose or sort).
+training updates (LoRA included) are seen without recompiling. For 4+ rows (or with `fast_weights=True`) the
+layer weights are first rearranged by `engine.model.infer.prepare` (LoRA folded in, output-major, fused
+projections), the layout XLA's CPU matmuls handle fastest for a few rows; the copy is reused while the model
+holds the same arrays. The output layer for 4+ rows gives vocabulary-major logits [V, B] that the sampling code
+reads in place (full-vocabulary log-sum-exp and a two-stage exact top-k, never a [B, V] transpose or sort).
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ class Sampler:
 
     def __init__(self, model: Gemma3, tokenizer: object | None = None, *, eos_ids: Sequence[int],
                  max_prompt_length: int, max_new_tokens: int, min_prompt_bucket: int = 32,
-                 min_batch_bucket: int = 1, fast_weights: bool = True):
+                 min_batch_bucket: int = 1, fast_weights: bool | None = None):
         if max_prompt_length < 1 or max_new_tokens < 1:
             raise ValueError("max_prompt_length and max_new_tokens must be >= 1")
         if not eos_ids:
@@ -250,7 +250,8 @@ class Sampler:
         self.min_batch_bucket = int(min_batch_bucket)
         self.pad_id = int(getattr(tokenizer, "pad_id", 0))
         self.bos_id = int(getattr(tokenizer, "bos_id", 2))
-        self.fast_weights = bool(fast_weights)
+        self.fast_weights = fast_weights
+        self._prepared: tuple[list, infer.InferenceWeights] | None = None
         self.programs: set[tuple] = set()  # (batch bucket, prompt bucket, mode) seen: one prefill + one decode each
 
     def prompt_bucket(self, n: int) -> int:
@@ -291,9 +292,10 @@ class Sampler:
                      pad_id=self.pad_id)
         self.programs.add((b, p_len, mode))
         graphdef, state = nnx.split(self.model)
-        if self.fast_weights:
+        fast = self.fast_weights if self.fast_weights is not None else b >= VOCAB_MAJOR_MIN_ROWS
+        if fast:
             st = _Static(self.model.cfg, self.model.dtype, None, mode)
-            params = (self.model.embedder.input_embedding[...], _prepare(graphdef, state))
+            params = (self.model.embedder.input_embedding[...], self._inference_weights(graphdef, state))
         else:
             st, params = _Static(self.model.cfg, self.model.dtype, graphdef, mode), state
         key = jax.random.key(seed)
@@ -316,6 +318,18 @@ class Sampler:
                             logprobs=np.asarray(logprobs[:n], np.float32),
                             lengths=np.asarray(lengths[:n], np.int32),
                             truncated=~np.asarray(done_out[:n], bool))
+
+    def _inference_weights(self, graphdef, state) -> infer.InferenceWeights:
+        """`infer.prepare` of the current state, reused while the state holds the very same arrays (JAX arrays are
+        immutable, so any update to the weights or adapters replaces them and triggers a new preparation)."""
+        leaves = jax.tree.leaves(state)
+        if self._prepared is not None and len(self._prepared[0]) == len(leaves) and all(
+                a is b for a, b in zip(self._prepared[0], leaves)):
+            return self._prepared[1]
+        self._prepared = None   # release the previous copy before building the next one
+        prepared = _prepare(graphdef, state)
+        self._prepared = (leaves, prepared)
+        return prepared
 
     @staticmethod
     def _rows(carry: _Carry, n: int) -> list[list[int]]:

@@ -155,7 +155,24 @@ def test_fast_weights_path_matches_the_model_forward_path():
     for _, var in nnx.to_flat_state(lora_state(model)):
         var.set_value(jnp.asarray(rng.normal(0, 0.3, var.shape), var.dtype))
     prompts = PROMPTS + [[2, 9, 9]]   # four rows: the vocabulary-major output layer
-    fast = _sampler(model)(prompts, greedy=True)
+    fast = _sampler(model, fast_weights=True)(prompts, greedy=True)
     plain = _sampler(model, fast_weights=False)(prompts, greedy=True)
     np.testing.assert_array_equal(fast.tokens, plain.tokens)
     np.testing.assert_allclose(fast.logprobs, plain.logprobs, atol=1e-4)
+
+
+def test_prepared_weights_are_reused_only_while_the_weights_are_unchanged():
+    model = Gemma3(model_config("tiny"), rngs=nnx.Rngs(14))
+    apply_lora(model, rank=2, alpha=2.0)
+    s = _sampler(model)
+    prompts = PROMPTS + [[2, 8]]
+    first = s(prompts, greedy=True)
+    prepared = s._prepared[1]
+    s(prompts, greedy=True)
+    assert s._prepared[1] is prepared
+    for path, var in nnx.to_flat_state(lora_state(model)):
+        if path[-1] == "lora_b":   # B = 0 at the start: changing B changes the output
+            var.set_value(var[...] + 0.5)
+    changed = s(prompts, greedy=True)
+    assert s._prepared[1] is not prepared
+    assert not np.array_equal(first.tokens, changed.tokens)
