@@ -90,6 +90,12 @@ class Proj(nnx.Module):
         return y
 
 
+def embed_tokens(embedding: jax.Array, tokens: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """Rows of the embedding [V, d] for tokens, scaled by sqrt(d) in the compute dtype."""
+    x = jnp.take(embedding, tokens, axis=0).astype(dtype)
+    return x * jnp.sqrt(jnp.float32(x.shape[-1])).astype(dtype)
+
+
 class Embedder(nnx.Module):
     """Token embedding (scaled by sqrt(d) in the compute dtype), tied to the output layer."""
 
@@ -99,8 +105,7 @@ class Embedder(nnx.Module):
         self.dtype = dtype
 
     def encode(self, tokens: jax.Array) -> jax.Array:
-        x = jnp.take(self.input_embedding[...], tokens, axis=0).astype(self.dtype)
-        return x * jnp.sqrt(jnp.float32(x.shape[-1])).astype(self.dtype)
+        return embed_tokens(self.input_embedding[...], tokens, self.dtype)
 
     def decode(self, hidden: jax.Array) -> jax.Array:
         emb = self.input_embedding[...].astype(self.dtype)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from engine.model.config import ModelConfig
-from engine.model.gemma3 import Cache, Gemma3, Proj, attend, layer_inputs, rms_norm
+from engine.model.gemma3 import Cache, Gemma3, Proj, attend, embed_tokens, layer_inputs, rms_norm
 
 
 class LayerWeights(NamedTuple):
@@ -74,19 +74,13 @@ def out_major_dot(x: jax.Array, w: jax.Array) -> jax.Array:
     return jax.lax.optimization_barrier(y).T.reshape(*lead, w.shape[0])
 
 
-def embed(embedding: jax.Array, tokens: jax.Array, dtype: jnp.dtype) -> jax.Array:
-    """Token embeddings scaled by sqrt(d) in the compute dtype."""
-    x = jnp.take(embedding, tokens, axis=0).astype(dtype)
-    return x * jnp.sqrt(jnp.float32(x.shape[-1])).astype(dtype)
-
-
 def forward(cfg: ModelConfig, embedding: jax.Array, w: InferenceWeights, tokens: jax.Array, positions: jax.Array,
             attn_mask: jax.Array, cache: Cache, dtype: jnp.dtype) -> tuple[jax.Array, Cache]:
     """Same contract as `Gemma3.__call__` with a cache: hidden states after the final norm, updated cache."""
     b, t = tokens.shape
     nh, nk, hd, f = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_dim
     inputs = layer_inputs(cfg, positions, attn_mask, cache)
-    x = embed(embedding, tokens, dtype)
+    x = embed_tokens(embedding, tokens, dtype)
     new_k, new_v = [], []
     for i, lw in enumerate(w.layers):
         mask, rope = inputs.for_layer(cfg, i)
