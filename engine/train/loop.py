@@ -32,6 +32,7 @@ HOOKS_ENV = "TUNIX_TUI_TEST_HOOKS"
 @dataclass
 class TestHooks:
     """Test-only levers (never profile keys). From the environment: TUNIX_TUI_TEST_HOOKS='{"nan_steps": [2]}'."""
+    __test__ = False  # not a pytest class
     advantage_sign: float = 1.0            # -1 teaches the opposite of the rewards (a run that must not learn)
     nan_steps: frozenset[int] = frozenset()  # steps whose loss is multiplied by NaN
     step_sleep: float = 0.0                # seconds to wait at the start of each step (control tests)

@@ -22,7 +22,7 @@ def process_rss() -> tuple[int, int]:
             current = int(psutil.Process().memory_info().rss)
         except Exception:
             pass
-    return current, peak
+    return current, max(peak, current)
 
 
 def total_ram() -> int | None:

@@ -1,0 +1,98 @@
+"""The engine's control handling between phases (unit level; the real process is in test_engine_process.py)."""
+
+from __future__ import annotations
+
+import os
+
+from engine.protocol import create_run_dir, read_events, send_command
+from engine.train.control import Controller
+from engine.train.events import RunLog
+
+
+def _controller(tmp_path):
+    paths = create_run_dir(tmp_path, "run", "")
+    log = RunLog(paths.events)
+    return paths, log, Controller(paths.root, log, poll_interval=0.0)
+
+
+def _events(paths, type_=None):
+    return [e for e in read_events(paths.events) if type_ is None or e["type"] == type_]
+
+
+def test_every_command_is_acknowledged_with_its_id(tmp_path):
+    paths, log, ctl = _controller(tmp_path)
+    ids = [send_command(paths.root, c) for c in ("checkpoint", "pause", "resume")]
+    pending = ctl.boundary(step=3)
+    acks = _events(paths, "control_ack")
+    assert [a["id"] for a in acks] == ids and all(a["ok"] for a in acks)
+    assert [a["command"] for a in acks] == ["checkpoint", "pause", "resume"]
+    assert pending.checkpoint and not pending.stop and not ctl.paused
+    assert not ctl.boundary(step=3).checkpoint            # a request is served once
+    assert os.listdir(paths.control) == []
+
+
+def test_pause_holds_until_resume_and_the_status_says_so(tmp_path):
+    paths, log, ctl = _controller(tmp_path)
+    log.status("running", phase="update", step=2)
+    send_command(paths.root, "pause")
+    waits = []
+
+    def sleep(_s):
+        waits.append(1)
+        if len(waits) == 5:            # the user resumes after a while
+            send_command(paths.root, "resume")
+    ctl.sleep = sleep
+    pending = ctl.boundary(step=2)
+    assert len(waits) == 5 and not ctl.paused and not pending.stop
+    statuses = [(e["status"], e.get("phase")) for e in _events(paths, "status")]
+    assert statuses == [("running", "update"), ("paused", None), ("running", "update")]
+
+
+def test_stop_ends_a_pause_and_a_checkpoint_is_served_while_paused(tmp_path):
+    paths, log, ctl = _controller(tmp_path)
+    send_command(paths.root, "pause")
+    served = []
+    calls = []
+
+    def sleep(_s):
+        calls.append(1)
+        if len(calls) == 1:
+            send_command(paths.root, "checkpoint")
+        elif len(calls) == 4:
+            send_command(paths.root, "stop")
+    ctl.sleep = sleep
+    pending = ctl.boundary(step=7, on_pending=lambda p: served.append(p.checkpoint) or True)
+    assert served == [True] and pending.stop == "stop"
+    assert [a["command"] for a in _events(paths, "control_ack")] == ["pause", "checkpoint", "stop"]
+    refused = send_command(paths.root, "pause")     # once stopping, a pause is refused
+    ctl.poll()
+    ack = _events(paths, "control_ack")[-1]
+    assert ack["id"] == refused and ack["ok"] is False
+
+
+def test_a_signal_stops_like_the_stop_command(tmp_path):
+    paths, log, ctl = _controller(tmp_path)
+    flag = {"sig": None}
+    ctl.signal_stop = lambda: flag["sig"]
+    assert ctl.boundary(step=1).stop is None
+    flag["sig"] = "SIGTERM"
+    assert ctl.boundary(step=1).stop == "SIGTERM"
+
+
+def test_the_engine_can_pause_itself_with_a_reason(tmp_path):
+    paths, log, ctl = _controller(tmp_path)
+    ctl.pause_with_error("3 non-finite updates in a row")
+    ctl.sleep = lambda _s: send_command(paths.root, "resume")
+    ctl.boundary(step=4)
+    paused = [e for e in _events(paths, "status") if e["status"] == "paused"]
+    assert paused and "non-finite" in paused[0]["detail"]
+
+
+def test_invalid_and_unknown_command_files_are_logged_and_removed(tmp_path):
+    paths, log, ctl = _controller(tmp_path)
+    (paths.control / "1-bad.json").write_text("{not json")
+    (paths.control / "2-odd.json").write_text('{"id": "x", "command": "explode"}')
+    ctl.poll()
+    logs = [e["message"] for e in _events(paths, "log")]
+    assert len(logs) == 2 and "1-bad.json" in logs[0] and "explode" in logs[1]
+    assert _events(paths, "control_ack") == [] and os.listdir(paths.control) == []

@@ -1,0 +1,201 @@
+"""The real engine process on the tiny profile: exact resume after SIGKILL, live control, refusal of an incompatible
+resume, non-finite updates, SIGTERM. Compiled programs are shared through one cache folder per test session."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from engine.launch import engine_command, engine_env, prepare_run
+from engine.protocol import RunPaths, engine_alive, read_engine_info, read_events, send_command
+from engine.train.checkpoints import CheckpointStore
+from engine.train.loop import HOOKS_ENV
+from engine.train.setup import COMPILE_CACHE_ENV
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "profiles" / "tiny.toml"
+DETERMINISTIC = ("loss", "policy_loss", "kl", "entropy", "grad_norm", "reward_mean", "reward_std", "reward_min",
+                 "reward_max", "completion_length_mean", "completion_length_min", "completion_length_max",
+                 "truncated_fraction", "learning_rate")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.getbasetemp() / "compile-cache")
+
+
+def new_run(tmp_path: Path, *overrides: str) -> RunPaths:
+    return prepare_run(TINY, ["training.eval_every_n_steps=0", "eval.final=false", *overrides], str(tmp_path))
+
+
+def start(paths: RunPaths, cache: str, *, resume: bool = False, hooks: dict[str, Any] | None = None,
+          ) -> subprocess.Popen:
+    env = engine_env()
+    env[COMPILE_CACHE_ENV] = cache
+    if hooks:
+        env[HOOKS_ENV] = json.dumps(hooks)
+    with open(paths.log, "ab") as log:
+        return subprocess.Popen(engine_command(paths.root, resume=resume), env=env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_for(paths: RunPaths, proc: subprocess.Popen, what: Callable[[dict], bool], timeout: float = 180.0) -> dict:
+    """The first event satisfying `what`; fails if the engine exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for ev in read_events(paths.events):
+            if what(ev):
+                return ev
+        if proc.poll() is not None:
+            for ev in read_events(paths.events):
+                if what(ev):
+                    return ev
+            pytest.fail(f"engine exited ({proc.returncode}) before the awaited event; log:\n"
+                        + paths.log.read_text()[-3000:])
+        time.sleep(0.1)
+    pytest.fail("timed out waiting for an event; log:\n" + paths.log.read_text()[-3000:])
+
+
+def finish(proc: subprocess.Popen, timeout: float = 180.0) -> int:
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
+def of_type(paths: RunPaths, type_: str) -> list[dict]:
+    return [e for e in read_events(paths.events) if e["type"] == type_]
+
+
+def step_metrics(paths: RunPaths) -> dict[int, dict]:
+    """The last step event of each step number (a killed process may have reported a step that is then redone)."""
+    return {e["step"]: e["metrics"] for e in of_type(paths, "step")}
+
+
+def adapters(paths: RunPaths, step: int) -> dict[str, np.ndarray]:
+    store = CheckpointStore(paths.checkpoints, read_only=True)
+    import orbax.checkpoint as ocp
+    out = store._manager.restore(step, args=ocp.args.Composite(lora=ocp.args.StandardRestore(),
+                                                               opt=ocp.args.StandardRestore()))
+    store.close()
+    return {**{"lora." + k: np.asarray(v) for k, v in out["lora"].items()},
+            **{"opt." + k: np.asarray(v) for k, v in out["opt"].items()}}
+
+
+def cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tunix_tui.cli", *args], env=engine_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_resume_after_sigkill_is_exact(tmp_path, cache):
+    opts = ("training.num_batches=6", "training.save_interval_steps=3")
+    whole = new_run(tmp_path / "a", *opts)
+    assert finish(start(whole, cache)) == 0
+    cut = new_run(tmp_path / "b", *opts)
+    proc = start(cut, cache)
+    wait_for(cut, proc, lambda e: e["type"] == "checkpoint" and e["step"] == 3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    assert not engine_alive(cut.root)
+    assert finish(start(cut, cache, resume=True)) == 0
+
+    expected, got = step_metrics(whole), step_metrics(cut)
+    assert sorted(expected) == sorted(got) == [1, 2, 3, 4, 5, 6]
+    for step in expected:
+        assert {k: got[step][k] for k in DETERMINISTIC} == {k: expected[step][k] for k in DETERMINISTIC}, step
+    assert any(expected[s]["loss"] != 0 for s in expected)          # something was learnt, so this compares
+    a, b = adapters(whole, 6), adapters(cut, 6)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(adapters(whole, 3)["opt.1.0.count"], a["opt.1.0.count"])
+    started = of_type(cut, "run_started")
+    assert [(e["resumed"], e["step"]) for e in started] == [(False, 0), (True, 3)]
+    seqs = [e["seq"] for e in read_events(cut.events)]
+    assert seqs == list(range(len(seqs)))                           # one stream, appended across processes
+    assert of_type(cut, "status")[-1]["status"] == "finished"
+
+
+def test_live_control_then_an_incompatible_resume_is_refused(tmp_path, cache):
+    run = new_run(tmp_path, "training.num_batches=40", "training.save_interval_steps=0")
+    proc = start(run, cache, hooks={"step_sleep": 0.3})
+    wait_for(run, proc, lambda e: e["type"] == "step")
+
+    done = cli("ctl", str(run.root), "pause")
+    assert done.returncode == 0 and "pause: acknowledged" in done.stdout, done.stderr
+    wait_for(run, proc, lambda e: e["type"] == "status" and e["status"] == "paused")
+    steps_at_pause = len(of_type(run, "step"))
+    beat = read_engine_info(run.root)["heartbeat"]
+    time.sleep(3.0)
+    assert len(of_type(run, "step")) == steps_at_pause                # pause holds
+    assert read_engine_info(run.root)["heartbeat"] > beat             # the heartbeat goes on
+
+    ck = send_command(run.root, "checkpoint")                          # served while paused
+    saved = wait_for(run, proc, lambda e: e["type"] == "checkpoint" and e["reason"] == "request")
+    assert Path(saved["path"]).is_dir()
+    assert len(of_type(run, "step")) == steps_at_pause
+
+    done = cli("ctl", str(run.root), "resume")
+    assert done.returncode == 0 and "resume: acknowledged" in done.stdout
+    wait_for(run, proc, lambda e: e["type"] == "step" and e["step"] > steps_at_pause + 1)
+
+    stop = send_command(run.root, "stop")
+    assert finish(proc) == 0
+    acks = {e["id"]: e for e in of_type(run, "control_ack")}
+    assert acks[ck]["command"] == "checkpoint" and acks[stop]["command"] == "stop"
+    assert [e["command"] for e in acks.values()] == ["pause", "checkpoint", "resume", "stop"]
+    last_ckpt = of_type(run, "checkpoint")[-1]
+    final_step = max(e["step"] for e in of_type(run, "step"))
+    assert last_ckpt["reason"] == "stop" and last_ckpt["step"] == final_step
+    assert CheckpointStore(run.checkpoints, read_only=True).latest_step() == final_step
+    assert of_type(run, "status")[-1]["status"] == "stopped"
+
+    # the same run with another LoRA rank cannot continue from these checkpoints
+    profile = run.profile.read_text()
+    assert "lora_rank = 4" in profile
+    run.profile.write_text(profile.replace("lora_rank = 4", "lora_rank = 8"))
+    assert finish(start(run, cache, resume=True)) == 1
+    error = of_type(run, "error")[-1]
+    assert "model.lora_rank: 4 -> 8" in error["message"] and error["fatal"]
+    assert of_type(run, "status")[-1]["status"] == "failed"
+    assert CheckpointStore(run.checkpoints, read_only=True).latest_step() == final_step
+
+
+def test_non_finite_updates_are_skipped_then_pause_and_sigterm_stops_cleanly(tmp_path, cache):
+    run = new_run(tmp_path, "training.num_batches=10", "training.save_interval_steps=1",
+                  "training.max_nonfinite_steps=2")
+    proc = start(run, cache, hooks={"nan_steps": [2, 3]})
+    paused = wait_for(run, proc, lambda e: e["type"] == "status" and e["status"] == "paused")
+    assert "non-finite" in paused["detail"]
+    time.sleep(1.0)
+    steps = step_metrics(run)
+    assert sorted(steps) == [1, 2, 3]                                # paused after the second skip in a row
+    assert [steps[s]["skipped"] for s in (1, 2, 3)] == [0.0, 1.0, 1.0]
+    assert steps[2]["loss"] is None                                  # NaN is reported as null, not hidden
+    errors = [e["message"] for e in of_type(run, "error")]
+    assert any("step 2: non-finite" in m for m in errors) and any("in a row: paused" in m for m in errors)
+
+    os.kill(proc.pid, signal.SIGTERM)
+    assert finish(proc) == 0
+    status = of_type(run, "status")[-1]
+    assert status["status"] == "stopped" and status["detail"] == "SIGTERM"
+    assert of_type(run, "checkpoint")[-1]["reason"] == "stop"
+    # skipped updates left the adapters and optimizer exactly as after step 1, and nothing saved holds NaN
+    one, three = adapters(run, 1), adapters(run, 3)
+    assert all(np.array_equal(one[k], three[k]) for k in one)
+    assert all(np.all(np.isfinite(v)) for v in three.values() if np.issubdtype(v.dtype, np.floating))
+    meta = CheckpointStore(run.checkpoints, read_only=True).read_meta(3)
+    assert meta["nonfinite_in_row"] == 2 and meta["data"]["index"] == 3
