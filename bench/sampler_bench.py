@@ -6,8 +6,10 @@
 Setting (as the peers were measured, ../shared/ANCHORS.md §5): 64-token prompts, 128 new tokens, temperature 0.9,
 top-k 50, no EOS (every row generates all 128 tokens). Weights: the real GGUF 270M when it loads, else random
 values of the same shapes (speed does not depend on the values). tokens/s = generated tokens / wall time of the
-whole call (prefill + decode). The limit per decode step is max(weight bytes / measured bandwidth,
-matmul FLOPs / measured matmul FLOP/s); the measured figure is printed as a fraction of it.
+whole call (prefill + decode). The limit per decode step is max(weight bytes / bandwidth, matmul FLOPs / matmul
+FLOP/s), with the best bandwidth (sum over 1 GiB) and matmul rate (2048^3) seen in this run; the measured figure is
+printed as a fraction of it, beside the bandwidth measured between the timed runs (the machine is shared: when
+that is well below the best, other work was running).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -86,6 +89,59 @@ print(json.dumps({"tok_s": batch * (out.shape[1] - prompt_len) / statistics.medi
 """
 
 
+# Run with --tunix-peer on the PYTHONPATH (google-tunix 0.1.7 and its small extra deps; jax/flax from this venv):
+# Tunix's Sampler on its Gemma 3 270M config with random fp32 weights, same setting, prompts of prompt_len tokens.
+_TUNIX_PEER = r"""
+import json, statistics, sys, time
+import jax.numpy as jnp
+import sentencepiece as spm
+from flax import nnx
+from tunix.models.gemma3 import model as gm
+from tunix.generate import sampler as sm
+proto_path, batch, prompt_len, new, runs = sys.argv[1], *map(int, sys.argv[2:6])
+sp = spm.SentencePieceProcessor(model_proto=open(proto_path, "rb").read())
+cfg = gm.ModelConfig.gemma3_270m()
+cfg.param_dtype = jnp.float32
+model = gm.Gemma3(cfg, rngs=nnx.Rngs(0))
+words = "the quick brown fox jumps over a lazy dog while seven bakers count apples and pears".split()
+text, i = "", 0
+while len(sp.EncodeAsIds(text)) < prompt_len - 1:
+    text += words[i % len(words)] + " "
+    i += 1
+sampler = sm.Sampler(model, sp, sm.CacheConfig(cache_size=prompt_len + new + 64, num_layers=cfg.num_layers,
+                                              num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim))
+kw = dict(max_generation_steps=new, max_prompt_length=prompt_len, temperature=0.9, top_k=50, eos_tokens=[-1])
+sampler([text] * batch, seed=0, **kw)
+times = []
+for r in range(runs):
+    t = time.perf_counter()
+    out = sampler([text] * batch, seed=r + 1, **kw)
+    times.append(time.perf_counter() - t)
+assert sum(len(t) for t in out.tokens) == batch * new
+print(json.dumps({"tok_s": batch * new / statistics.median(times)}))
+"""
+
+
+def run_tunix_peer(path: str, batch: int, prompt_len: int, new_tokens: int, runs: int) -> float | None:
+    """tokens/s of Google Tunix's sampler (fp32, random weights) in a subprocess, or None when it fails."""
+    import os
+    import tempfile
+
+    from engine.weights.gguf import gguf_tokenizer_proto
+
+    with tempfile.NamedTemporaryFile(suffix=".model") as f:
+        f.write(gguf_tokenizer_proto())
+        f.flush()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([path, os.environ.get("PYTHONPATH", "")]))
+        done = subprocess.run([sys.executable, "-c", _TUNIX_PEER, f.name, str(batch), str(prompt_len),
+                               str(new_tokens), str(runs)], capture_output=True, text=True, env=env)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode or not lines:
+        print(f"# Tunix peer failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}", flush=True)
+        return None
+    return float(json.loads(lines[-1])["tok_s"])
+
+
 def run_hf_peer(python: str, batch: int, prompt_len: int, new_tokens: int, runs: int) -> float | None:
     """tokens/s of Hugging Face transformers' generate in another interpreter, or None when it fails."""
     from engine.weights.gguf import default_gguf_path
@@ -114,6 +170,33 @@ def load_weights(random_weights: bool) -> tuple[dict[str, np.ndarray], str]:
     return flat, "random weights of the 270m shapes"
 
 
+@dataclass
+class Row:
+    dtype: str
+    batch: int
+    first_s: float
+    median_s: float
+    bw_during: float      # median bandwidth measured between the timed runs (shows how loaded the machine was)
+    tok_s: float = 0.0
+    tunix_tok_s: float | None = None
+
+
+def time_config(sampler: Sampler, prompts: list[list[int]], new_tokens: int, runs: int) -> tuple[float, float, float]:
+    """(first call s, median s, median bandwidth between runs) for one configuration."""
+    kw = dict(temperature=0.9, top_k=50, top_p=1.0)
+    t = time.perf_counter()
+    sampler(prompts, seed=0, **kw)
+    first = time.perf_counter() - t
+    times, bws = [], []
+    for i in range(runs):
+        bws.append(measure_bandwidth(1))
+        t = time.perf_counter()
+        out = sampler(prompts, seed=i + 1, **kw)
+        times.append(time.perf_counter() - t)
+    assert int(out.lengths.sum()) == len(prompts) * new_tokens
+    return first, statistics.median(times), statistics.median(bws)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one run, fp32 only, 32 new tokens (smoke test)")
@@ -124,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--lora-rank", type=int, default=0, help="attach LoRA adapters of this rank (GRPO setting)")
     ap.add_argument("--random-weights", action="store_true")
+    ap.add_argument("--tunix-peer", metavar="DIR", default=None,
+                    help="a folder with google-tunix 0.1.7 importable (pip install --no-deps --target DIR ...): also "
+                         "time Tunix's sampler (fp32) at each batch in this run")
     ap.add_argument("--hf-peer", metavar="PYTHON", default=None,
                     help="an interpreter with torch + transformers: also time HF generate (fp32, batch 8) in this run")
     args = ap.parse_args(argv)
@@ -134,21 +220,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = model_config("270m")
 
     print(f"# jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} device(s)")
-    bw = measure_bandwidth()
-    flops = {"float32": measure_matmul(jnp.float32), "bfloat16": measure_matmul(jnp.bfloat16)}
-    print(f"roofline: memory bandwidth {bw / 1e9:.1f} GB/s (sum over 1 GiB); matmul 2048^3 fp32 "
-          f"{flops['float32'] / 1e9:.0f} GFLOP/s, bf16 {flops['bfloat16'] / 1e9:.0f} GFLOP/s")
-
+    best_bw = measure_bandwidth()
+    best_flops = {d: measure_matmul(jnp.dtype(d)) for d in ("float32", "bfloat16")}
     t0 = time.perf_counter()
     flat, source = load_weights(args.random_weights)
     print(f"weights: {source} ({time.perf_counter() - t0:.1f} s)")
     n_params = sum(v.size for v in flat.values())
     rng = np.random.default_rng(0)
-    print(f"setting: prompts {args.prompt_len} tokens, {new_tokens} new tokens, temperature 0.9, top-k 50, "
-          f"no EOS, median of {runs} run(s) after a warm-up" + (f", LoRA rank {args.lora_rank}" if args.lora_rank
-                                                                 else ""))
-    print(f"{'dtype':9} {'batch':>5} {'first call s':>12} {'median s':>9} {'tok/s':>8} {'ms/step':>8} "
-          f"{'limit ms':>8} {'of limit':>8} {'vs Tunix':>8} {'vs HF':>6}")
+    print(f"setting: prompts {args.prompt_len} tokens, {new_tokens} new tokens, temperature 0.9, top-k 50, no EOS, "
+          f"median of {runs} run(s) after a warm-up" + (f", LoRA rank {args.lora_rank}" if args.lora_rank else ""))
+    rows: list[Row] = []
+    hf_now: float | None = None
     for dtype_name in dtypes:
         dtype = jnp.dtype(dtype_name)
         model = build_model(cfg, flat, param_dtype=dtype, dtype=dtype)
@@ -159,35 +241,45 @@ def main(argv: list[str] | None = None) -> int:
             apply_lora(model, rank=args.lora_rank, alpha=float(args.lora_rank), rngs=nnx.Rngs(0))
         sampler = Sampler(model, None, eos_ids=[-1], max_prompt_length=max(256, args.prompt_len),
                           max_new_tokens=new_tokens)
-        weight_bytes = n_params * dtype.itemsize
         for batch in batches:
             prompts = [[2] + rng.integers(4, cfg.vocab_size, args.prompt_len - 1).tolist() for _ in range(batch)]
-            kw = dict(temperature=0.9, top_k=50, top_p=1.0)
-            t = time.perf_counter()
-            sampler(prompts, seed=0, **kw)
-            first = time.perf_counter() - t
-            times = []
-            for i in range(runs):
-                t = time.perf_counter()
-                out = sampler(prompts, seed=i + 1, **kw)
-                times.append(time.perf_counter() - t)
-            assert int(out.lengths.sum()) == batch * new_tokens
-            med = statistics.median(times)
-            tok_s = batch * new_tokens / med
-            step_ms = med / new_tokens * 1e3
-            limit_ms = max(weight_bytes / bw, 2 * n_params * batch / flops[dtype_name]) * 1e3
-            vs_tunix = f"{tok_s / TUNIX[batch]:.2f}x" if batch in TUNIX and dtype_name == "float32" else "-"
-            vs_hf = f"{tok_s / HF_B8:.2f}x" if batch == 8 and dtype_name == "float32" else "-"
-            print(f"{dtype_name:9} {batch:5d} {first:12.1f} {med:9.2f} {tok_s:8.1f} {step_ms:8.1f} {limit_ms:8.1f} "
-                  f"{limit_ms / step_ms:8.0%} {vs_tunix:>8} {vs_hf:>6}", flush=True)
+            first, med, bw_during = time_config(sampler, prompts, new_tokens, runs)
+            row = Row(dtype_name, batch, first, med, bw_during, batch * new_tokens / med)
+            rows.append(row)
+            print(f"  {dtype_name} batch {batch}: {row.tok_s:.1f} tok/s (median {med:.2f} s, first call {first:.1f} s, "
+                  f"bandwidth during {bw_during / 1e9:.1f} GB/s)", flush=True)
+            best_bw = max(best_bw, bw_during, measure_bandwidth(3))
+            best_flops[dtype_name] = max(best_flops[dtype_name], measure_matmul(dtype, reps=3))
+            if args.tunix_peer and dtype_name == "float32":
+                row.tunix_tok_s = run_tunix_peer(args.tunix_peer, batch, args.prompt_len, new_tokens, runs)
+                if row.tunix_tok_s:
+                    print(f"  Tunix batch {batch}, measured now: {row.tunix_tok_s:.1f} tok/s", flush=True)
             if args.hf_peer and batch == 8 and dtype_name == "float32":
-                hf = run_hf_peer(args.hf_peer, batch, args.prompt_len, new_tokens, runs)
-                if hf is not None:
-                    print(f"  HF transformers generate, same setting, measured now: {hf:.1f} tok/s; ours "
-                          f"{tok_s / hf:.2f}x", flush=True)
+                hf_now = run_hf_peer(args.hf_peer, batch, args.prompt_len, new_tokens, runs)
         del model, sampler
-    print("peers (ANCHORS §5, fp32, this machine): Tunix 0.1.7 40 / 124.5 / 184 tok/s at batch 1 / 8 / 32; "
-          "HF transformers about 55 tok/s at batch 8")
+
+    print(f"roofline (best seen in this run): memory bandwidth {best_bw / 1e9:.1f} GB/s (sum over 1 GiB); matmul "
+          f"2048^3 fp32 {best_flops['float32'] / 1e9:.0f} GFLOP/s, bf16 {best_flops['bfloat16'] / 1e9:.0f} GFLOP/s")
+    print(f"{'dtype':9} {'batch':>5} {'tok/s':>8} {'ms/step':>8} {'limit ms':>8} {'of limit':>8} {'GB/s during':>11} "
+          f"{'first call s':>12} {'Tunix now':>9} {'vs now':>7} {'vs Tunix anchor':>15} {'vs HF anchor':>12}")
+    for r in rows:
+        step_ms = r.median_s / new_tokens * 1e3
+        itemsize = jnp.dtype(r.dtype).itemsize
+        limit_ms = max(n_params * itemsize / best_bw, 2 * n_params * r.batch / best_flops[r.dtype]) * 1e3
+        fp32 = r.dtype == "float32"
+        now = f"{r.tunix_tok_s:9.1f}" if r.tunix_tok_s else f"{'-':>9}"
+        vs_now = f"{r.tok_s / r.tunix_tok_s:.2f}x" if r.tunix_tok_s else "-"
+        vs_tunix = f"{r.tok_s / TUNIX[r.batch]:.2f}x" if r.batch in TUNIX and fp32 else "-"
+        vs_hf = f"{r.tok_s / HF_B8:.2f}x" if r.batch == 8 and fp32 else "-"
+        print(f"{r.dtype:9} {r.batch:5d} {r.tok_s:8.1f} {step_ms:8.1f} {limit_ms:8.1f} {limit_ms / step_ms:8.0%} "
+              f"{r.bw_during / 1e9:11.1f} {r.first_s:12.1f} {now} {vs_now:>7} {vs_tunix:>15} {vs_hf:>12}")
+    print("limit per step = max(weight bytes / bandwidth, 2 x params x batch / matmul FLOP/s); 'first call' includes "
+          "compilation; 'Tunix now': Tunix 0.1.7's sampler timed in this run (--tunix-peer)")
+    print("peers (ANCHORS §5, fp32, this machine, idle): Tunix 0.1.7 40 / 124.5 / 184 tok/s at batch 1 / 8 / 32; "
+          "HF transformers about 55 tok/s at batch 8; idle roofline there: about 45 GB/s, 450 GFLOP/s")
+    if hf_now is not None:
+        ours = next(r.tok_s for r in rows if r.batch == 8 and r.dtype == "float32")
+        print(f"HF transformers generate measured in this run (fp32, batch 8): {hf_now:.1f} tok/s; ours {ours / hf_now:.2f}x")
     return 0
 
 
