@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from engine.protocol import find_run
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunix-tui eval", description="Evaluate a run's checkpoint.")
@@ -30,22 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="most tokens per answer (default: the profile's eval.max_generation_steps)")
     parser.add_argument("--output-dir", default="runs", help="where run ids are looked up (default: runs)")
     return parser
-
-
-def find_run(arg: str, output_dir: str) -> Path | None:
-    """A run directory from a path, a run id, or a unique id prefix / name suffix under `output_dir`."""
-    p = Path(arg)
-    if (p / "profile.toml").is_file():
-        return p
-    base = Path(output_dir)
-    if (base / arg / "profile.toml").is_file():
-        return base / arg
-    if base.is_dir():
-        hits = sorted(d for d in base.iterdir() if (d / "profile.toml").is_file()
-                      and (d.name.startswith(arg) or d.name.endswith("-" + arg)))
-        if hits:
-            return hits[-1]
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
