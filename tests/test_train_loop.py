@@ -1,0 +1,96 @@
+"""The training loop in-process on the tiny profile: the event stream a console relies on (statuses per phase,
+every step metric, samples, partial text, baseline / periodic / final evaluations, checkpoints), num_iterations = 2,
+and a reward function that raises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.launch import prepare_run
+from engine.protocol import STEP_METRICS, read_events
+from engine.rewards import NamedReward, resolve_rewards
+from engine.train.checkpoints import CheckpointStore
+from engine.train.loop import TestHooks, Trainer
+from engine.train.setup import COMPILE_CACHE_ENV
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def shared_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv(COMPILE_CACHE_ENV, str(tmp_path_factory.getbasetemp() / "compile-cache"))
+
+
+def test_event_stream_of_a_short_run(tmp_path):
+    paths = prepare_run(ROOT / "profiles" / "tiny.toml", [
+        "training.num_batches=3", "training.eval_every_n_steps=2", "training.save_interval_steps=2",
+        "eval.baseline=true", "eval.num_questions=3", "eval.final_num_questions=5", "grpo.num_iterations=2",
+        "logging.samples_per_step=2", "generation.partial_every=4"], str(tmp_path))
+    letters = NamedReward("letters", lambda p, c, a: [float(sum(ch.islower() for ch in t)) for t in c], 1.0, "letters")
+    rewards = resolve_rewards(["match_format_exactly", "match_format_approximately", "check_answer",
+                               "check_numbers"]) + [letters]   # a reward that varies within groups
+    trainer = Trainer(paths.root, hooks=TestHooks(rewards=rewards), install_signals=False)
+    assert trainer.run() == 0
+    events = read_events(paths.events)
+    types = [e["type"] for e in events]
+    assert types.index("data_info") < types.index("run_started") < types.index("step")
+
+    steps = [e for e in events if e["type"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2, 3] and all(e["total_steps"] == 3 for e in steps)
+    for ev in steps:
+        missing = [k for k in STEP_METRICS if k not in ev["metrics"]]
+        assert not missing, missing
+        assert {"reward/match_format_exactly", "reward/check_answer", "reward/letters"} <= set(ev["metrics"])
+        assert ev["metrics"]["skipped"] == 0.0 and ev["memory"][0]["in_use"] > 0
+    # two updates per step with the old log-probabilities taken once: the second update sees a ratio != 1
+    assert trainer.state.updates == 6
+    assert any(e["metrics"]["ratio_mean"] != 1.0 for e in steps[1:])
+
+    phases = [(e["status"], e.get("phase")) for e in events if e["type"] == "status" and e.get("step") == 2]
+    assert [p for s, p in phases if s == "running"][:5] == ["rollout", "rewards", "reference", "update", "metrics"]
+    compiling = [e["detail"] for e in events if e["type"] == "status" and e["status"] == "compiling"]
+    assert any("sampler" in d for d in compiling) and any("update" in d for d in compiling)
+    assert [e["status"] for e in events if e["type"] == "status"][-1] == "finished"
+
+    samples = [e for e in events if e["type"] == "sample"]
+    assert [s["step"] for s in samples] == [1, 1, 2, 2, 3, 3]
+    assert all(len(s["completions"]) == 4 for s in samples)
+    assert all(set(c) == {"text", "rewards", "total", "advantage", "length", "truncated"}
+               for s in samples for c in s["completions"])
+    assert any(e["type"] == "partial" and 0 < e["tokens_done"] < e["max_tokens"] for e in events)
+
+    evals = [(e["step"], e["split"], e["num_questions"]) for e in events if e["type"] == "eval"]
+    assert evals == [(0, "test", 5), (2, "validation", 3), (3, "test", 5)]
+    assert all(0.0 <= e["accuracy"] <= 1.0 and e["examples"] for e in events if e["type"] == "eval")
+    assert [(e["step"], e["reason"]) for e in events if e["type"] == "checkpoint"] == [(2, "interval"),
+                                                                                         (3, "final")]
+    meta = CheckpointStore(paths.checkpoints, read_only=True).read_meta(3)
+    assert meta["updates"] == 6 and meta["data"]["index"] == 0 and meta["data"]["epoch"] == 1
+
+
+def test_a_reward_function_that_raises_fails_the_run_naming_it_and_keeps_the_work(tmp_path):
+    paths = prepare_run(ROOT / "profiles" / "tiny.toml", [
+        "training.num_batches=4", "training.eval_every_n_steps=0", "training.save_interval_steps=0",
+        "eval.final=false", "logging.samples_per_step=0"], str(tmp_path))
+    calls = {"n": 0}
+
+    def fragile(prompts, completions, answers):
+        calls["n"] += 1
+        if calls["n"] >= 2:                                 # fine on step 1, raises on step 2
+            raise ZeroDivisionError("boom")
+        return [0.0] * len(completions)
+
+    rewards = resolve_rewards(["match_format_exactly"]) + [NamedReward("fragile", fragile, 1.0, "fragile")]
+    trainer = Trainer(paths.root, hooks=TestHooks(rewards=rewards), install_signals=False)
+    assert trainer.run() == 1
+    events = read_events(paths.events)
+    error = [e for e in events if e["type"] == "error"][-1]
+    assert "'fragile'" in error["message"] and "ZeroDivisionError: boom" in error["message"]
+    assert "completion #0" in error["message"] and error["fatal"] and error["traceback"]
+    assert [e["status"] for e in events if e["type"] == "status"][-1] == "failed"
+    # step 1 was complete: it is saved, so a fixed plugin can resume from there
+    assert [(e["step"], e["reason"]) for e in events if e["type"] == "checkpoint"] == [(1, "error")]
