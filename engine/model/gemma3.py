@@ -127,6 +127,10 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
     return out.astype(x.dtype)
 
 
+def _masked_softmax(scores: jax.Array, mask: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    return jax.nn.softmax(jnp.where(mask, scores, _MASK_VALUE), axis=-1).astype(dtype)
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, rope: tuple[jax.Array, jax.Array], mask: jax.Array,
            query_scale: float, kv: tuple[jax.Array, jax.Array] | None, index: jax.Array | None,
            ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
@@ -143,20 +147,30 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, rope: tuple[jax.Array, jax.
     qn = q.reshape(b, t, nk, g, hd).transpose(0, 2, 3, 1, 4).reshape(b * nk, g * t, hd)
     kn = k.transpose(0, 2, 1, 3).reshape(b * nk, t, hd)
     vn = v.transpose(0, 2, 1, 3).reshape(b * nk, t, hd)
+
+    def expand(m: jax.Array) -> jax.Array:   # [B, T, S'] -> [B*K, G*T, S']
+        return jnp.broadcast_to(m[:, None, None], (b, nk, g) + m.shape[1:]).reshape(b * nk, g * t, m.shape[-1])
+
+    new_scores = jnp.einsum("nqh,nsh->nqs", qn, kn, preferred_element_type=jnp.float32)
     if kv is None:
-        keys, values, new_kv = kn, vn, None
+        out = jnp.einsum("nqs,nsh->nqh", _masked_softmax(new_scores, expand(mask), q.dtype), vn)
+        new_kv = None
     else:
-        # Write first, then attend over the whole cache, so that the old cache has no reader besides its in-place
-        # update (reading the old cache and writing it independently makes XLA copy it at every step).
-        keys = jax.lax.dynamic_update_slice(kv[0], kn.astype(kv[0].dtype), (0, index, 0))
-        values = jax.lax.dynamic_update_slice(kv[1], vn.astype(kv[1].dtype), (0, index, 0))
-        new_kv = (keys, values)
-    s = keys.shape[1]
-    scores = jnp.einsum("nqh,nsh->nqs", qn, keys.astype(q.dtype), preferred_element_type=jnp.float32)
-    full_mask = jnp.broadcast_to(mask[:, None, None], (b, nk, g, t, s)).reshape(b * nk, g * t, s)
-    scores = jnp.where(full_mask, scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("nqs,nsh->nqh", probs, values.astype(q.dtype))
+        # Attend to the cache as it was (its slots before `index`) and to the T new keys, then write the new keys.
+        # The written values are made to depend on the result, so the cache is read before it is updated in
+        # place; otherwise XLA cannot order the two and copies the whole cache at every step.
+        ck, cv = kv
+        s = ck.shape[1]
+        old_mask = mask & (jnp.arange(s, dtype=jnp.int32) < index)[None, None, :]
+        new_mask = jax.lax.dynamic_slice_in_dim(mask, index, t, axis=2)
+        old_scores = jnp.einsum("nqh,nsh->nqs", qn, ck.astype(q.dtype), preferred_element_type=jnp.float32)
+        probs = _masked_softmax(jnp.concatenate([old_scores, new_scores], axis=-1),
+                                expand(jnp.concatenate([old_mask, new_mask], axis=-1)), q.dtype)
+        out = (jnp.einsum("nqs,nsh->nqh", probs[..., :s], cv.astype(q.dtype))
+               + jnp.einsum("nqs,nsh->nqh", probs[..., s:], vn))
+        after = out[0, 0, 0].astype(jnp.float32) > jnp.inf   # always False, but only known once `out` exists
+        new_kv = (jax.lax.dynamic_update_slice(ck, jnp.where(after, 0, kn).astype(ck.dtype), (0, index, 0)),
+                  jax.lax.dynamic_update_slice(cv, jnp.where(after, 0, vn).astype(cv.dtype), (0, index, 0)))
     out = out.reshape(b, nk, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, nh * hd)
     return out, new_kv
 
