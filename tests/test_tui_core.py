@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.profile_io import ProfileError, load_profile, parse_text
 from engine.protocol import send_command
@@ -411,3 +413,227 @@ def test_lines_written_with_spaces_take_the_full_parse(tmp_path: Path):
     state.fold_lines(chunk.lines, chunk.start)
     assert state.total_steps == 4 and state.step == 1 and len(state.samples) == 1 and state.skipped == 0
     assert state.samples.get(-1)["prompt"] == "p"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the fast fold: blocks scanned in place, step lines folded together, only charted metrics keep a history
+
+
+def _line(seq: int, type_: str, **payload) -> bytes:
+    return json.dumps({"v": 1, "seq": seq, "t": 1000.0 + seq, "type": type_, **payload},
+                      separators=(",", ":")).encode() + b"\n"
+
+
+def _reference(lines: list[bytes], **kw) -> RunState:
+    """The slow path: every valid line parsed and folded one event at a time."""
+    state = RunState("r", **kw)
+    for raw in lines:
+        try:
+            ev = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(ev, dict) and isinstance(ev.get("type"), str) and "seq" in ev:
+            state.fold_event(ev)
+    return state
+
+
+def _same_fold(fast: RunState, ref: RunState, keys=("loss", "kl", "reward/a", "mem:cpu:0:in_use", "mem:gpu:1:peak")):
+    assert fast.events == ref.events
+    assert (fast.step, fast.total_steps, fast.epoch, fast.status) == (ref.step, ref.total_steps, ref.epoch, ref.status)
+    assert fast.latest == ref.latest and fast.memory == ref.memory
+    assert fast.history.count == ref.history.count and fast.history.step_range() == ref.history.step_range()
+    assert fast.history.keys() == ref.history.keys()
+    for key in keys:
+        assert fast.history.buckets(key) == ref.history.buckets(key), key
+    assert list(fast.samples.steps) == list(ref.samples.steps)
+    assert [e.accuracy for e in fast.evals] == [e.accuracy for e in ref.evals]
+    assert [f.text for f in fast.feed] == [f.text for f in ref.feed]
+    assert list(fast.step_times) == list(ref.step_times) and fast.last_event_t == ref.last_event_t
+
+
+def _varied_history(n: int) -> list[bytes]:
+    """Steps whose metrics and devices change along the way, with samples, statuses, evals and logs between."""
+    out = [_line(0, "run_started", step=0, total_steps=n, profile="p"), _line(1, "status", status="running")]
+    seq = 2
+    for s in range(1, n + 1):
+        metrics = {"loss": 1.0 / s, "kl": 0.01 * (s % 7), "reward/a": float(s % 5), "grad_norm": 0.5}
+        if s % 11 == 0:
+            metrics["kl"] = None  # a missing value
+        if s % 13 == 0:
+            del metrics["reward/a"]  # a missing metric
+        if s > n // 2:
+            metrics["reward/b"] = 2.0  # a new reward function half way
+        memory = [{"device": "cpu:0", "in_use": 100 + s, "peak": 200, "limit": 400}]
+        if s % 3 == 0:
+            memory.append({"device": "gpu:1", "in_use": s, "peak": 2 * s, "limit": None})
+        for line in (_line(seq, "status", status="running", phase="rollout", step=s),
+                     _line(seq + 1, "status", status="running", phase="update", step=s),
+                     _line(seq + 2, "step", step=s, total_steps=n, epoch=s // 50, metrics=metrics,
+                           memory=memory if s % 17 else []),
+                     _line(seq + 3, "sample", step=s, prompt="q", answer="a", completions=[])):
+            out.append(line)
+        seq += 4
+        if s % 25 == 0:
+            out.append(_line(seq, "eval", step=s, split="validation", num_questions=4, accuracy=s / n))
+            out.append(_line(seq + 1, "log", level="info", message=f"log {s}"))
+            seq += 2
+    return out
+
+
+@pytest.mark.parametrize("block", [1, 7, 100, 10_000])
+def test_block_fold_equals_event_by_event_fold(tmp_path: Path, block: int):
+    lines = _varied_history(300)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(lines))
+    ref = _reference(lines, events_path=path, history_capacity=16)
+    fast = RunState("r", events_path=path, history_capacity=16)
+    offset = 0
+    for i in range(0, len(lines), block):
+        data = b"".join(lines[i:i + block])
+        fast.fold_block(data, offset)
+        offset += len(data)
+    _same_fold(fast, ref)
+    assert fast.skipped == 0 and fast.history.width > 1
+    assert fast.samples.get(-1)["step"] == 300 and fast.samples.get(0)["step"] == 1  # offsets point at the lines
+
+
+def test_block_fold_skips_bad_step_lines_and_keeps_the_good_ones(tmp_path: Path):
+    good = [_line(i, "step", step=i, metrics={"loss": float(i)}) for i in range(1, 9)]
+    bad = [b'{"v":1,"seq":90,"t":1.0,"type":"step","step":3,"metr\n',  # torn
+           _line(91, "step", step="three", metrics={"loss": 9.0}),  # a step that is not a number
+           _line(92, "step", step=4, metrics=[1, 2]),  # metrics that are not an object
+           _line(93, "step", step=5, metrics={"loss": 1.0}, memory=["cpu"]),  # memory that is not a list of objects
+           b'{"v":1,"t":1.0,"type":"step","step":6,"metrics":{}}\n',  # no sequence number
+           b'{"v":1,"seq":95,"t":1.0,"type":"step","step":7}{"x":1}\n']  # trailing data
+    lines = good[:4] + bad + good[4:]
+    state = RunState("r")
+    state.fold_block(b"".join(lines), 0)
+    assert state.history.count == 8 and state.step == 8
+    assert state.history.buckets("loss")[-1][3] == 8.0
+    assert state.skipped == 6 and state.events == 8 + 3  # parsed but malformed events count as events
+    assert [e for e in state.history.buckets("loss") if e][0][0] == 1.0
+
+
+def test_block_fold_handles_other_writers_and_odd_lines(tmp_path: Path):
+    path = tmp_path / "events.jsonl"
+    lines = [_line(0, "run_started", step=0, total_steps=9),
+             b'{"v":1,"seq":1,"t":2.0,"type":"sample","prompt":"p","step":5,"completions":[]}\n',  # step not first
+             b'{"seq": 2, "t": 3.0, "type": "step", "step": 1, "metrics": {"loss": 0.5}}\n',  # spaces
+             b"   \n", b"\n",  # blank lines are not events nor problems
+             b'{"v":1,"seq":3,"t":4.0,"type":"step","step":2,"metrics":{"loss":NaN,"kl":1}}\n',  # NaN literal
+             _line(4, "partial", step=9, tokens_done=1, max_tokens=4, texts=["x"])]
+    path.write_bytes(b"".join(lines))
+    state = RunState("r", events_path=path)
+    chunk = LineReader(path).read()
+    state.fold_block(chunk.data, chunk.start, 0, chunk.length)
+    assert state.skipped == 0 and state.events == 5
+    assert list(state.samples.steps) == [5] and state.samples.get(0)["prompt"] == "p"
+    assert state.history.count == 2 and state.history.buckets("kl")[-1] == (1, 1, 1.0, 1)
+    assert state.latest_partial()["step"] == 9
+
+
+def test_only_charted_metrics_keep_a_history():
+    state = RunState("r")
+    state.fold_block(b"".join(_line(i, "step", step=i, metrics={"loss": 1.0, "grad_norm": 2.0, "reward/x": 3.0},
+                                    memory=[{"device": "d", "in_use": 5, "peak": 6}]) for i in range(1, 4)), 0)
+    assert state.history.keys() == ["loss", "mem:d:in_use", "mem:d:peak", "reward/x"]
+    assert state.latest["grad_norm"] == 2.0 and state.latest["mem:d:peak"] == 6  # the latest values are all kept
+    every = RunState("r", history_metrics=None)
+    every.fold_event({"v": 1, "seq": 0, "t": 1.0, "type": "step", "step": 1, "metrics": {"grad_norm": 2.0}})
+    assert every.history.keys() == ["grad_norm"]
+
+
+def test_history_extend_equals_one_step_at_a_time():
+    one, many = StepHistory(capacity=8), StepHistory(capacity=8)
+    rows = [{"a": float(s % 9), **({"b": s} if s % 4 else {}), **({"c": "text"} if s == 50 else {})}
+            for s in range(1, 301)]
+    for s, row in enumerate(rows, 1):
+        one.add(s, row)
+    s = 1
+    for size_ in (1, 2, 3, 250, 44):
+        batch = rows[s - 1:s - 1 + size_]
+        keys = {k for r in batch for k in r}
+        many.extend(list(range(s, s + len(batch))), {k: [r.get(k) for r in batch] for k in keys})
+        s += len(batch)
+    assert one.count == many.count == 300 and one.width == many.width
+    for key in ("a", "b", "c"):
+        assert one.buckets(key) == many.buckets(key)
+    assert one.first_step == many.first_step and one.last_step == many.last_step
+
+
+def test_reader_returns_long_lines_whole_and_rereads_a_partial_tail(tmp_path: Path):
+    path = tmp_path / "events.jsonl"
+    long_line = b'{"x":"' + b"y" * 5000 + b'"}\n'
+    path.write_bytes(b'{"a":1}\n' + long_line + b'{"b":')
+    r = LineReader(path)
+    chunk = r.read(max_bytes=100)
+    assert chunk.lines == [b'{"a":1}'] and r.position == 8
+    chunk = r.read(max_bytes=100)  # longer than a block: read on to its end
+    assert chunk.lines == [long_line[:-1]] and chunk.start == 8 and r.position == 8 + len(long_line)
+    assert r.read(max_bytes=100).length == 0 and r.offset == r.position + 5  # the partial line waits
+    with open(path, "ab") as fh:
+        fh.write(b"2}\n")
+    chunk = r.read(max_bytes=100)
+    assert chunk.lines == [b'{"b":2}'] and chunk.end == path.stat().st_size
+
+
+_segment = st.one_of(
+    st.tuples(st.just("step"), st.integers(0, 3)),
+    st.tuples(st.just("garbage"), st.text(alphabet="abc xyz:#[]{}0123\"\t", min_size=1, max_size=30)),
+    st.tuples(st.just("torn"), st.floats(min_value=0.0, max_value=0.99)),
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(segments=st.lists(_segment, max_size=40), cuts=st.lists(st.integers(1, 700), max_size=30),
+       chunk=st.integers(64, 4096), data=st.data())
+def test_follower_folds_exactly_the_complete_events(tmp_path_factory, segments, cuts, chunk, data):
+    """Random interleavings of step groups (statuses, partial text, metrics, samples, evaluations), torn writes and
+    garbage, appended in random pieces and followed in random small blocks: the state equals folding only the
+    complete events one by one, and every torn or garbage line is counted as skipped."""
+    run = tmp_path_factory.mktemp("run")
+    path = run / "events.jsonl"
+    stream = [_line(0, "run_started", step=0, total_steps=99), _line(1, "status", status="running")]
+    seq, step, bad = 2, 0, 0
+    for kind, value in segments:
+        if kind == "step":
+            step += 1
+            group = [_line(seq, "status", status="running", phase="rollout", step=step),
+                     _line(seq + 1, "partial", step=step, tokens_done=1, max_tokens=8, texts=["x"]),
+                     _line(seq + 2, "step", step=step, total_steps=99,
+                           metrics={"loss": 1.0 / step, "reward/a": float(value)},
+                           memory=[{"device": "cpu:0", "in_use": step, "peak": 9}]),
+                     _line(seq + 3, "sample", step=step, prompt="q", answer="a", completions=[]),
+                     _line(seq + 4, "eval", step=step, split="validation", num_questions=2, accuracy=0.5)]
+            stream += group[:3] + group[3:3 + value]
+            seq += 5
+        elif kind == "garbage":
+            stream.append(value.encode() + b"\n")
+            bad += bool(value.strip())
+        else:  # a writer crashed inside a metrics line; the next writer ended the line before appending
+            line = _line(10_000 + seq, "step", step=step, metrics={"loss": 0.0})
+            stream.append(line[:max(1, min(int(len(line) * value), len(line) - 2))] + b"\n")
+            bad += 1
+    whole = b"".join(stream)
+    path.write_bytes(b"")
+    f = Follower(run, chunk_bytes=chunk, tail_threshold=1 << 40)
+    pos = 0
+    for cut in cuts:
+        with open(path, "ab") as fh:
+            fh.write(whole[pos:pos + cut])
+        pos += cut
+        if data.draw(st.booleans()):
+            while f.poll():
+                pass
+    with open(path, "ab") as fh:
+        fh.write(whole[pos:])
+    while f.poll():
+        pass
+    ref = _reference(stream, events_path=path)
+    fast = f.state
+    assert fast.skipped == bad
+    assert fast.events == ref.events and fast.step == ref.step
+    assert fast.history.count == ref.history.count == step and fast.latest == ref.latest
+    assert fast.history.buckets("loss") == ref.history.buckets("loss")
+    assert list(fast.samples.steps) == list(ref.samples.steps)
+    assert [e.step for e in fast.evals] == [e.step for e in ref.evals]

@@ -72,9 +72,9 @@ class Follower:
                 self.state = self._new_state()
                 self._carry(old, self.state)
                 self.state.last_problem = "the event file was replaced; reading it again"
-        if chunk.lines:
+        if chunk.length:
             with self.lock:
-                self.state.fold_lines(chunk.lines, chunk.start)
+                self.state.fold_block(chunk.data, chunk.start, 0, chunk.length)
         more = self._reader.offset < chunk.size
         if not more:
             self.caught_up = True
@@ -88,43 +88,50 @@ class Follower:
         tail_state = self._new_state()
         head = LineReader(self.paths.events)
         first = head.read(64 << 10)
-        if first.lines:
-            tail_state.fold_lines(first.lines[:1], first.start)
+        if first.length:
+            tail_state.fold_block(first.data, first.start, 0, first.data.find(b"\n") + 1)
         start = max(0, size - self.tail_bytes)
         reader = LineReader(self.paths.events, offset=start)
         chunk = reader.read(self.tail_bytes + (1 << 20))
-        if chunk.lines:  # the first line of the tail is cut
-            tail_state.fold_lines(chunk.lines[1:], chunk.start + len(chunk.lines[0]) + 1)
+        if chunk.length:  # the first line of the tail is cut
+            tail_state.fold_block(chunk.data, chunk.start, chunk.data.find(b"\n") + 1, chunk.length)
         tail_state.history_from = tail_state.history.step_range()[0] if tail_state.history.count else None
         with self.lock:
             self._carry(self.state, tail_state)
             self.state = tail_state
-        behind = self._new_state()
-        behind.history.reserve(tail_state.step)
-        self._behind = (behind, LineReader(self.paths.events))
         self.load_fraction = 0.0
+        self._fold_here(tail_state.step)
+
+    def _fold_here(self, expected_steps: int) -> None:
+        behind = self._new_state()
+        behind.history.reserve(expected_steps)
+        self._behind = (behind, LineReader(self.paths.events))
 
     def _fold_behind(self) -> bool:
         full, reader = self._behind  # type: ignore[misc]
         chunk = reader.read(self.chunk_bytes)
-        if chunk.lines:
-            full.fold_lines(chunk.lines, chunk.start)
+        if chunk.length:
+            full.fold_block(chunk.data, chunk.start, 0, chunk.length)
         if chunk.size:
             self.load_fraction = min(1.0, chunk.end / chunk.size)
         if reader.offset < chunk.size:
             with self.lock:
                 self.state.touch("header")
             return True
-        with self.lock:  # caught up: the full history replaces the tail view
+        self._swap_in(full, reader)  # caught up
+        self._behind = None
+        self.caught_up = True
+        return False
+
+    def _swap_in(self, full: RunState, reader: LineReader) -> None:
+        """The full history replaces the tail view; `reader` reads on after it."""
+        with self.lock:
             self._carry(self.state, full)
             full.dirty.update(self.state.dirty)
             full.touch("header", "train", "system", "eval", "samples", "log", "control")
             self.state = full
         self._reader = reader
-        self._behind = None
-        self.caught_up = True
         self.load_fraction = 1.0
-        return False
 
     @staticmethod
     def _carry(old: RunState, new: RunState) -> None:

@@ -1,20 +1,36 @@
 """Bounded per-step metric history: min/max/mean buckets whose width doubles as the run grows.
 
-Every step event adds one value per metric. Values collect in an open bucket; when it holds `width` steps it closes
-into (min, max, mean, last) per metric. When more than `capacity` buckets are closed, neighbours merge pairwise and
-the width doubles, so memory stays O(capacity x metrics) however long the run. Charts regroup the buckets into the
-columns they have (`columns`), keeping each column's extremes so spikes stay visible.
+Every step adds one value per metric. Values collect in an open bucket, one column (list) per metric aligned on its
+steps (None where a step lacks the metric); when it holds `width` steps it closes into (min, max, mean, last) per
+metric. When more than `capacity` buckets are closed, neighbours merge pairwise and the width doubles, so memory
+stays O(capacity x metrics) however long the run. Steps can be added one at a time (`add`) or many at once as
+columns (`extend`, what folding a long history uses). Charts regroup the buckets into the columns they have
+(`columns`), keeping each column's extremes so spikes stay visible.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
 
 Span = tuple[float, float]  # (low, high) of one chart column
 
 
 def _numbers(values: Iterable[object]) -> list[float]:
     return [float(v) for v in values if isinstance(v, (int, float)) and v == v]  # drops NaN, None, text
+
+
+def _summary(raw: Sequence[object]) -> tuple[float, float, float, float] | None:
+    """(min, max, mean, last) of the numbers in `raw`, or None when it holds none."""
+    try:
+        lo, hi, total, last = min(raw), max(raw), sum(raw), raw[-1]
+        if lo != lo or hi != hi or not isinstance(last, (int, float)):
+            raise TypeError
+        return lo, hi, total / len(raw), last  # type: ignore[return-value]
+    except (TypeError, ValueError):  # None, text or NaN slipped in: keep only the numbers
+        nums = _numbers(raw)
+        if not nums:
+            return None
+        return min(nums), max(nums), sum(nums) / len(nums), nums[-1]
 
 
 class StepHistory:
@@ -32,7 +48,8 @@ class StepHistory:
         self._hi: dict[str, list[float | None]] = {}
         self._mean: dict[str, list[float | None]] = {}
         self._last: dict[str, list[float | None]] = {}
-        self._open_rows: list[dict[str, object]] = []  # the steps of the open bucket
+        self._open: dict[str, list] = {}  # metric -> one value per step of the open bucket
+        self._open_n = 0
         self._open_first = 0
         self._open_last = 0
 
@@ -46,50 +63,51 @@ class StepHistory:
 
     # -- adding -----------------------------------------------------------------------------------------------
 
-    def add(self, step: int, values: dict[str, object]) -> None:
+    def add(self, step: int, values: Mapping[str, object]) -> None:
         """Fold one step's metric values (non-numbers are ignored when the bucket closes)."""
-        if not self._open_rows:
-            self._open_first = step
-        self._open_last = step
-        self._open_rows.append(values)
-        self.count += 1
-        if len(self._open_rows) >= self.width:
-            self._close()
+        self.extend([step], {k: (v,) for k, v in values.items()})
 
-    def _open_values(self) -> dict[str, list]:
-        """The open bucket as metric -> raw values."""
-        rows = self._open_rows
-        if not rows:
-            return {}
-        keys = rows[0].keys()
-        if all(r.keys() == keys for r in rows):
-            return {k: [r[k] for r in rows] for k in keys}
-        out: dict[str, list] = {}
-        for r in rows:
-            for k, v in r.items():
-                out.setdefault(k, []).append(v)
-        return out
+    def extend(self, steps: Sequence[int], columns: Mapping[str, Sequence[object]]) -> None:
+        """Fold consecutive steps at once: `columns` maps each metric to one value per step (None where absent)."""
+        n = len(steps)
+        i = 0
+        while i < n:
+            if not self._open_n:
+                self._open_first = steps[i]
+            j = min(n, i + self.width - self._open_n)
+            whole = i == 0 and j == n
+            opened = self._open
+            for key, col in columns.items():
+                part = col if whole else col[i:j]
+                have = opened.get(key)
+                if have is None:
+                    opened[key] = [None] * self._open_n + list(part) if self._open_n else list(part)
+                else:
+                    have.extend(part)
+            if len(opened) > len(columns):
+                for key, have in opened.items():
+                    if key not in columns:
+                        have.extend([None] * (j - i))
+            self._open_n += j - i
+            self._open_last = steps[j - 1]
+            self.count += j - i
+            if self._open_n >= self.width:
+                self._close()
+            i = j
 
     def _close(self) -> None:
         index = len(self.first_step)
-        for key, raw in self._open_values().items():
-            try:
-                lo, hi, total, last = min(raw), max(raw), sum(raw), raw[-1]
-                n = len(raw)
-                if lo != lo or hi != hi or not isinstance(last, (int, float)):
-                    raise TypeError
-            except TypeError:  # None or a non-number slipped in: keep only the numbers
-                nums = _numbers(raw)
-                if not nums:
-                    continue
-                lo, hi, total, last, n = min(nums), max(nums), sum(nums), nums[-1], len(nums)
+        for key, raw in self._open.items():
+            summary = _summary(raw)
+            if summary is None:
+                continue
             if key not in self._lo:
                 for table in (self._lo, self._hi, self._mean, self._last):
                     table[key] = [None] * index
-            self._lo[key].append(lo)
-            self._hi[key].append(hi)
-            self._mean[key].append(total / n)
-            self._last[key].append(last)
+            self._lo[key].append(summary[0])
+            self._hi[key].append(summary[1])
+            self._mean[key].append(summary[2])
+            self._last[key].append(summary[3])
         for key, col in self._lo.items():
             if len(col) == index:  # this metric was absent from the bucket
                 col.append(None)
@@ -98,7 +116,8 @@ class StepHistory:
                 self._last[key].append(None)
         self.first_step.append(self._open_first)
         self.last_step.append(self._open_last)
-        self._open_rows = []
+        self._open = {}
+        self._open_n = 0
         if len(self.first_step) > self.capacity:
             self._halve()
 
@@ -122,18 +141,18 @@ class StepHistory:
 
     def keys(self) -> list[str]:
         """Every metric name seen."""
-        return sorted(set(self._lo).union(*(r.keys() for r in self._open_rows)))
+        return sorted(set(self._lo).union(self._open))
 
     def __len__(self) -> int:
         """Number of buckets (closed plus the open one)."""
-        return len(self.first_step) + (1 if self._open_rows else 0)
+        return len(self.first_step) + (1 if self._open_n else 0)
 
     def step_range(self) -> tuple[int, int] | None:
         """First and last step held."""
         if not self.count:
             return None
         first = self.first_step[0] if self.first_step else self._open_first
-        last = self._open_last if self._open_rows else self.last_step[-1]
+        last = self._open_last if self._open_n else self.last_step[-1]
         return first, last
 
     def buckets(self, key: str) -> list[tuple[float, float, float, float] | None]:
@@ -144,9 +163,9 @@ class StepHistory:
                 out.append(None if lo is None else (lo, hi, mean, last))
         else:
             out = [None] * len(self.first_step)
-        if self._open_rows:
-            nums = _numbers(r.get(key) for r in self._open_rows)
-            out.append((min(nums), max(nums), sum(nums) / len(nums), nums[-1]) if nums else None)
+        if self._open_n:
+            raw = self._open.get(key)
+            out.append(_summary(raw) if raw else None)
         return out
 
     def columns(self, key: str, n: int) -> list[Span | None]:

@@ -1,7 +1,8 @@
-"""Reading a growing event file in big chunks, line by line, with each line's byte offset.
+"""Reading a growing event file in big blocks of complete lines.
 
-Unlike `engine.protocol.EventReader` this does not parse lines: the run state decides which lines to parse now and
-which to index by offset and parse only when shown (sample texts), which keeps attaching to a long run fast.
+Unlike `engine.protocol.EventReader` this does not parse lines, nor even split them: a `Chunk` is one block of bytes
+that ends with a newline, and the run state scans it in place, parsing only the lines it needs now and indexing
+others by byte offset (sample texts are parsed only when shown). That keeps attaching to a long run fast.
 """
 
 from __future__ import annotations
@@ -10,31 +11,42 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+
 @dataclass
 class Chunk:
-    """Complete lines read in one go; the first starts at file offset `start`, each next one after the newline
-    of the one before."""
-    lines: list[bytes]
+    """Complete lines read in one go: `data[:length]`, which starts at file offset `start` and ends with a
+    newline (nothing when `length` is 0)."""
+    data: bytes
+    length: int
     start: int
-    end: int  # file offset after the last complete line
     size: int  # file size seen
     reset: bool = False  # the file shrank or was replaced: everything before is void
+
+    @property
+    def end(self) -> int:
+        """File offset after the last complete line."""
+        return self.start + self.length
+
+    @property
+    def lines(self) -> list[bytes]:
+        """The lines, without their newlines (a copy; the run state scans `data` instead)."""
+        return self.data[:self.length - 1].split(b"\n") if self.length else []
 
 
 @dataclass
 class LineReader:
-    """Follows a file from a byte offset; a partial last line waits for its newline."""
+    """Follows a file from a byte offset; a partial last line waits for its newline (and is read again then)."""
     path: Path
-    offset: int = 0  # next byte to read
+    offset: int = 0  # end of the bytes read so far (a partial last line included)
     missing: bool = False
     problem: str = ""
-    _pending: bytes = field(default=b"", repr=False)
+    _position: int | None = field(default=None, repr=False)
     _inode: int | None = field(default=None, repr=False)
 
     @property
     def position(self) -> int:
         """File offset of the first byte not yet returned as part of a complete line."""
-        return self.offset - len(self._pending)
+        return self.offset if self._position is None else self._position
 
     def size(self) -> int | None:
         """Current size of the file, or None when it is gone."""
@@ -44,34 +56,38 @@ class LineReader:
             return None
 
     def read(self, max_bytes: int = 8 << 20) -> Chunk:
-        """The complete lines from the current position, up to about `max_bytes`."""
+        """The complete lines from the current position, up to about `max_bytes` (more when a single line is
+        longer)."""
         reset = False
+        start = self.position
         try:
             with open(self.path, "rb") as fh:
                 st = os.fstat(fh.fileno())
                 if st.st_size < self.offset or (self._inode is not None and st.st_ino != self._inode):
-                    self.offset, self._pending, reset = 0, b"", True
+                    start, reset = 0, True
                 self._inode = st.st_ino
-                fh.seek(self.offset)
+                fh.seek(start)
                 data = fh.read(max_bytes)
+                cut = data.rfind(b"\n")
+                while cut < 0 and len(data) >= max_bytes:  # one line longer than a block: read on to its end
+                    more = fh.read(max_bytes)
+                    if not more:
+                        break
+                    data += more
+                    cut = more.rfind(b"\n")
+                    if cut >= 0:
+                        cut += len(data) - len(more)
         except FileNotFoundError:
             self.missing, self.problem = True, "the event file is gone"
-            return Chunk([], self.position, self.position, 0)
+            return Chunk(b"", 0, self.position, 0)
         except OSError as exc:
             self.missing, self.problem = True, f"cannot read the event file: {exc}"
-            return Chunk([], self.position, self.position, 0)
+            return Chunk(b"", 0, self.position, 0)
         self.missing = False
-        start = self.position
-        self.offset += len(data)
-        if not data:
-            return Chunk([], start, start, st.st_size, reset)
-        buf = self._pending + data if self._pending else data
-        cut = buf.rfind(b"\n")
-        if cut < 0:
-            self._pending = buf
-            return Chunk([], start, start, st.st_size, reset)
-        self._pending = buf[cut + 1:]
-        return Chunk(buf[:cut].split(b"\n"), start, start + cut + 1, st.st_size, reset)
+        length = cut + 1
+        self._position = start + length
+        self.offset = start + len(data)
+        return Chunk(data, length, start, st.st_size, reset)
 
 
 def line_step(line: bytes) -> int | None:

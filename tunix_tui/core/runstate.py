@@ -1,10 +1,11 @@
 """A run's live state, folded from its event stream, in bounded memory and free of any UI.
 
-`RunState` holds what the dashboard shows: status and phase, the latest metrics and their bucketed history, memory,
-evaluations, the latest sample groups (older ones stay on disk, indexed by byte offset), the text being generated,
-errors, an activity feed and the control commands awaiting acknowledgement. `fold_lines` folds raw lines: big
-sample/partial lines are indexed and parsed only when shown, everything else is parsed at once. `Follower` (in
-`follower.py`) keeps a state up to date from a run directory.
+`RunState` holds what the dashboard shows: status and phase, the latest metrics and the bucketed history of the
+charted ones, memory, evaluations, the latest sample groups (older ones stay on disk, indexed by byte offset), the
+text being generated, errors, an activity feed and the control commands awaiting acknowledgement. `fold_block` folds
+a block of raw lines in place: sample and partial lines are indexed and parsed only when shown, step lines are parsed
+and folded together, everything else is parsed at once. `Follower` (in `follower.py`) keeps a state up to date from a
+run directory.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from array import array
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from operator import itemgetter, methodcaller
+from typing import Any, Callable, Sequence
 
 from engine.protocol import FINAL_STATUSES
 
@@ -54,7 +56,6 @@ class Pending:
     sent: float
 
 
-_RUNNING = b'"status":"running"'
 _scan = json.JSONDecoder().scan_once
 try:  # optional: parses event lines about 5x faster, which is what attaching to a long run spends its time on
     from orjson import loads as _fast_loads
@@ -88,6 +89,83 @@ def _num(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         return None
     return float(value)
+
+
+_DICT, _LIST = {dict}, {list}
+_get_type, _get_seq, _get_step = itemgetter("type"), itemgetter("seq"), itemgetter("step")
+_get_metrics, _get_memory = methodcaller("get", "metrics"), methodcaller("get", "memory")
+_get_in_use, _get_peak = methodcaller("get", "in_use"), methodcaller("get", "peak")
+
+# The metrics whose step history is kept, for the dashboard's charts: names, and prefixes (ending in "/" or ":").
+# The latest value of every metric is kept regardless; a history is what folding a long run spends its time on.
+HISTORY_METRICS: tuple[str, ...] = ("loss", "kl", "reward_mean", "reward/", "frac_reward_zero_std", "tokens_per_s",
+                                    "time_step", "mem:")
+
+
+def _columns(rows: list[dict[str, Any]], keep: Callable[[str], bool]) -> dict[str, Sequence[Any]]:
+    """The metrics that `keep` accepts, from metric dicts (one per step), as metric -> values, None where a step
+    lacks the metric; raises TypeError when a row is not a dict."""
+    first = rows[0]
+    size = len(first) if type(first) is dict else -1
+    if size > 0:  # the usual case: every step names the same metrics
+        keys = [key for key in first if keep(key)]
+        try:
+            if set(map(type, rows)) == _DICT and set(map(len, rows)) == {size}:
+                if len(keys) > 1:
+                    return dict(zip(keys, zip(*map(itemgetter(*keys), rows))))
+                return {key: [r[key] for r in rows] for key in keys}
+        except KeyError:
+            pass
+    n = len(rows)
+    cols: dict[str, list[Any]] = {}
+    for i, row in enumerate(rows):
+        if type(row) is not dict:
+            raise TypeError(f"metrics is a {type(row).__name__}, not an object")
+        for key, value in row.items():
+            if not keep(key):
+                continue
+            col = cols.get(key)
+            if col is None:
+                col = cols[key] = [None] * n
+            col[i] = value
+    return cols
+
+
+def _memory_keys(cache: dict[Any, tuple[str, str]], name: Any) -> tuple[str, str]:
+    pair = cache.get(name)
+    if pair is None:
+        pair = cache[name] = (f"mem:{name}:in_use", f"mem:{name}:peak")
+    return pair
+
+
+def _memory_columns(mems: list[Any], cache: dict[Any, tuple[str, str]]) -> dict[str, list[Any]]:
+    """Per-step memory lists ({"device", "in_use", "peak", ...} per device) as "mem:<device>:in_use" / ":peak"
+    columns, None where a step lacks the device; raises when an entry is malformed."""
+    n = len(mems)
+    first = mems[0]
+    if type(first) is list and first:
+        size = len(first)
+        if set(map(type, mems)) == _LIST and set(map(len, mems)) == {size}:  # usually the same devices each step
+            out: dict[str, list[Any]] = {}
+            for d in range(size):
+                devs = list(map(itemgetter(d), mems))
+                names = set(map(methodcaller("get", "device", d), devs))
+                if len(names) != 1:
+                    break
+                in_use, peak = _memory_keys(cache, names.pop())
+                out[in_use] = list(map(_get_in_use, devs))
+                out[peak] = list(map(_get_peak, devs))
+            else:
+                return out
+    cols: dict[str, list[Any]] = {}
+    for i, mem in enumerate(mems):
+        for d, dev in enumerate(mem or ()):
+            for key, value in zip(_memory_keys(cache, dev.get("device", d)), (dev.get("in_use"), dev.get("peak"))):
+                col = cols.get(key)
+                if col is None:
+                    col = cols[key] = [None] * n
+                col[i] = value
+    return cols
 
 
 class SampleStore:
@@ -160,6 +238,7 @@ class RunState:
     run_id: str
     events_path: Path | None = None
     history_capacity: int = 512
+    history_metrics: tuple[str, ...] | None = HISTORY_METRICS  # None: a history of every metric
     # identity
     profile_name: str = ""
     host: str = ""
@@ -211,6 +290,7 @@ class RunState:
         self.samples = SampleStore(self.events_path or Path("/nonexistent"))
         self._partial_raw: bytes | None = None
         self._mem_keys: dict[Any, tuple[str, str]] = {}
+        self._kept: dict[str, bool] = {}  # metric name -> has a history
 
     # -- change tracking ---------------------------------------------------------------------------------------
 
@@ -303,85 +383,163 @@ class RunState:
     # -- folding -----------------------------------------------------------------------------------------------
 
     def fold_lines(self, lines: list[bytes], start: int) -> None:
-        """Fold raw event lines (each without its newline), the first of which starts at file offset `start`.
+        """Fold raw event lines (each without its newline), the first of which starts at file offset `start`."""
+        if lines:
+            self.fold_block(b"\n".join(lines) + b"\n", start)
 
-        Sample and partial lines are indexed, not parsed (the newest are parsed when shown); a "running" status
-        that changes nothing but the phase is folded only if it is the last of the batch. Lines written the way
-        `EventWriter` writes them take a fast path; anything else is parsed in full."""
-        handlers = _HANDLERS
+    def fold_block(self, data: bytes, start: int, begin: int = 0, end: int | None = None) -> None:
+        """Fold the complete lines of `data[begin:end]` (each ends with a newline; `end` defaults to the end of
+        `data`), where `data[0]` lies at file offset `start`.
+
+        The lines are scanned in place and classified by the type named in their first bytes, the way
+        `EventWriter` writes them (`{"v":1,"seq":N,"t":T,"type":"..."`): sample lines are only indexed by offset
+        (the newest are parsed when shown), of the partial lines only the last is kept (parsed when shown), a
+        "running" status that changes nothing but the phase is folded only if it is the last of the block, and
+        step lines are parsed and folded together into the history, column by column, just before the next event
+        that needs them in order. Anything else, or a line written differently, is parsed in full; what is not an
+        event is skipped and counted."""
+        end = len(data) if end is None else end
+        if begin >= end:
+            return
+        find, startswith = data.find, data.startswith
         parse = _parse_line
-        last_partial: tuple[bytes, int | None] | None = None
-        deferred_status: tuple[bytes, int] | None = None
-        samples_before = len(self.samples)
-        sample_offsets, sample_steps = self.samples.offsets, self.samples.steps
-        sample_raws: list[tuple[int, bytes]] = []
-        pos = start
-        for raw in lines:
-            offset = pos
-            pos += len(raw) + 1
-            i = raw.find(b'"type":"', 0, 160) + 8
-            if i > 7:
-                if raw.startswith(b'sample"', i):
-                    j = raw.find(b'"step":', i) + 7
-                    try:
-                        step = int(raw[j:raw.find(b",", j)]) if j > 6 else line_step(raw)
-                    except ValueError:
-                        step = line_step(raw)
-                    if step is not None:
-                        sample_offsets.append(offset)
-                        sample_steps.append(step)
-                        sample_raws.append((offset, raw))
-                        self.events += 1
+        samples = self.samples
+        sample_offsets, sample_steps = samples.offsets, samples.steps
+        samples_before = len(sample_offsets)
+        step_lines: list[bytes] = []  # step lines read but not folded yet, and their file offsets
+        step_offsets: list[int] = []
+        last_partial: tuple[int, int] | None = None  # (begin, end) of the last partial line in `data`
+        deferred: tuple[int, int] | None = None  # the last "running" status that changes only the phase
+        running = self.status == "running" and not self.paused
+        skimmed = 0  # events counted without being parsed
+        pos = begin
+        while pos < end:
+            nl = find(b"\n", pos, end)
+            if nl < 0:
+                nl = end
+            i = find(b'"type":"', pos, pos + 160) + 8  # the header's type (7 when absent)
+            if 7 < i < nl:
+                if startswith(b'status","status":"running"', i):
+                    if running:
+                        deferred = (pos, nl)
+                        skimmed += 1
+                        pos = nl + 1
                         continue
-                elif raw.startswith(b'partial"', i):
-                    last_partial = (raw, line_step(raw))
-                    self.events += 1
+                elif startswith(b'step"', i):
+                    step_lines.append(data[pos:nl])
+                    step_offsets.append(start + pos)
+                    pos = nl + 1
                     continue
-                elif (raw.startswith(b'status"', i) and self.status == "running" and _RUNNING in raw
-                      and not self.paused):
-                    deferred_status = (raw, offset)
-                    self.events += 1
+                elif startswith(b'sample"', i):
+                    if startswith(b'","step":', i + 6):  # how the engine writes it: the step comes first
+                        k = find(b",", i + 15, nl)
+                        try:
+                            step = int(data[i + 15:k]) if k > 0 else None
+                        except ValueError:
+                            step = None
+                    else:
+                        step = None
+                    if step is None:
+                        step = line_step(data[pos:nl])
+                    if step is not None:
+                        sample_offsets.append(start + pos)
+                        sample_steps.append(step)
+                        skimmed += 1
+                        pos = nl + 1
+                        continue
+                elif startswith(b'partial"', i):
+                    last_partial = (pos, nl)
+                    skimmed += 1
+                    pos = nl + 1
                     continue
-            elif not raw or raw.isspace():
+            elif nl == pos or data[pos:nl].isspace():
+                pos = nl + 1
                 continue
-            ev = parse(raw)  # any other event, or one written differently (spaces after colons...)
-            if ev is None:
-                self._skip(f"not an event: {raw[:60]!r}")
-                continue
-            typ_s = ev["type"]
-            if deferred_status is not None and typ_s == "status":
-                deferred_status = None  # superseded
-            self.events += 1
-            handler = handlers.get(typ_s)
-            if handler is not None:
-                try:
-                    handler(self, ev, offset)
-                except (TypeError, ValueError, AttributeError, KeyError) as exc:
-                    self._skip(f"bad {typ_s} event: {exc}")
-            t = ev.get("t")
-            if isinstance(t, (int, float)):
-                self.last_event_t = t
-        if sample_raws:
-            self.samples.keep_raw(sample_raws)
-        if deferred_status is not None:
-            ev = parse(deferred_status[0])
+            if step_lines:  # any other event, or one written differently: the steps before it come first
+                if self._fold_step_lines(step_lines, step_offsets):
+                    deferred = None
+                step_lines, step_offsets = [], []
+            raw = data[pos:nl]
+            if self._fold_parsed(parse(raw), raw, start + pos) == "status":
+                deferred = None  # superseded
+            running = self.status == "running" and not self.paused
+            pos = nl + 1
+        if step_lines and self._fold_step_lines(step_lines, step_offsets):
+            deferred = None
+        self.events += skimmed
+        added = len(sample_offsets) - samples_before
+        if added:
+            keep = []
+            for offset in sample_offsets[-min(added, samples.keep):]:
+                p = offset - start
+                keep.append((offset, data[p:find(b"\n", p, end)]))
+            samples.keep_raw(keep)
+        if deferred is not None:
+            ev = parse(data[deferred[0]:deferred[1]])
             if ev is None:
                 self._skip("not an event: unreadable status")
             else:
-                self._on_status(ev, deferred_status[1])
-        if len(self.samples) != samples_before:
+                self._on_status(ev, start + deferred[0])
+        if added:
             self._validate_latest_sample()
             self.partial = None
             self._partial_raw = None
             self.touch("samples")
         if last_partial is not None:
-            raw, pstep = last_partial
-            newest = self.samples.steps[-1] if len(self.samples) else -1
+            raw = data[last_partial[0]:last_partial[1]]
+            pstep = line_step(raw)
+            newest = samples.steps[-1] if len(samples) else -1
             if pstep is None or pstep > newest:
                 self._partial_raw = raw
                 self.touch("samples", "header")
-        if lines:
-            self.version += 1
+        self.version += 1
+
+    def _fold_parsed(self, ev: dict[str, Any] | None, raw: bytes, offset: int | None) -> str | None:
+        """Fold one fully parsed line (None when it was not an event: skipped); returns the event's type."""
+        if ev is None:
+            self._skip(f"not an event: {raw[:60]!r}")
+            return None
+        typ = ev["type"]
+        self.events += 1
+        handler = _HANDLERS.get(typ)
+        if handler is not None:
+            try:
+                handler(self, ev, offset)
+            except (TypeError, ValueError, AttributeError, KeyError) as exc:
+                self._skip(f"bad {typ} event: {exc}")
+        t = ev.get("t")
+        if isinstance(t, (int, float)):
+            self.last_event_t = t
+        return typ
+
+    def _fold_step_lines(self, raws: list[bytes], offsets: list[int]) -> bool:
+        """Fold consecutive step lines in one go (one line at a time if any is not a well-formed step event);
+        True when one of them turned out to be a status event."""
+        loads = _fast_loads or _slow_loads
+        try:
+            evs = list(map(loads, raws))
+            clean = set(map(type, evs)) == _DICT and list(map(_get_type, evs)).count("step") == len(evs)
+            if clean:
+                list(map(_get_seq, evs))  # each has a sequence number (KeyError if not)
+        except (ValueError, UnicodeDecodeError, StopIteration, RecursionError, KeyError):
+            clean = False
+        if clean:
+            try:
+                self._apply_steps(evs)
+            except (TypeError, ValueError, AttributeError, KeyError):
+                pass
+            else:
+                self.events += len(evs)
+                for ev in reversed(evs):
+                    t = ev.get("t")
+                    if isinstance(t, (int, float)):
+                        self.last_event_t = t
+                        break
+                return False
+        status = False
+        for raw, offset in zip(raws, offsets):
+            status = self._fold_parsed(_parse_line(raw), raw, offset) == "status" or status
+        return status
 
     def fold_event(self, ev: dict[str, Any], offset: int | None = None) -> None:
         """Fold one parsed event (used by tests and replays)."""
@@ -476,30 +634,54 @@ class RunState:
                    f"{ev.get('test')} test ({ev.get('dropped', 0)} dropped) from {ev.get('source')}")
         self.touch("header", "log")
 
+    def _has_history(self, key: str) -> bool:
+        """Whether a metric's step history is kept (`history_metrics`)."""
+        kept = self._kept.get(key)
+        if kept is None:
+            names = self.history_metrics
+            kept = self._kept[key] = names is None or any(
+                key == name or (name[-1] in "/:" and key.startswith(name)) for name in names if name)
+        return kept
+
     def _on_step(self, ev: dict[str, Any], offset: int | None) -> None:
-        step = int(ev["step"])
-        metrics = ev.get("metrics") or {}
-        memory = ev.get("memory") or []
-        self.step = step
-        if ev.get("total_steps"):
-            self.total_steps = int(ev["total_steps"])
-        if ev.get("epoch") is not None:
-            self.epoch = ev["epoch"]
+        self._apply_steps([ev])
+
+    def _apply_steps(self, evs: list[dict[str, Any]]) -> None:
+        """Fold consecutive step events: their metrics and memory into the history as columns, the last one's
+        values as the latest. Raises (before changing anything) when one of them is malformed."""
+        steps = list(map(int, map(_get_step, evs)))
+        rows = list(map(_get_metrics, evs))
+        if not all(rows):
+            rows = [row or {} for row in rows]
+        keep = self._has_history
+        columns = _columns(rows, keep)
+        mems = list(map(_get_memory, evs))
+        if any(mems):
+            columns.update((k, v) for k, v in _memory_columns(mems, self._mem_keys).items() if keep(k))
+        total = next((ev["total_steps"] for ev in reversed(evs) if ev.get("total_steps")), None)
+        total = int(total) if total is not None else None
+        epoch = next((ev["epoch"] for ev in reversed(evs) if ev.get("epoch") is not None), None)
+        memory = next((m for m in reversed(mems) if m), None)
+        latest = rows[-1]
+        if mems[-1]:  # the latest values carry the latest memory too (the parsed event is ours: no copy)
+            for i, dev in enumerate(mems[-1]):
+                in_use, peak = _memory_keys(self._mem_keys, dev.get("device", i))
+                latest[in_use] = dev.get("in_use")
+                latest[peak] = dev.get("peak")
+        # nothing can fail from here on
+        self.history.extend(steps, columns)
+        self.step = steps[-1]
+        if total is not None:
+            self.total_steps = total
+        if epoch is not None:
+            self.epoch = epoch
         if memory:
             self.memory = memory
-            keys = self._mem_keys
-            for i, dev in enumerate(memory):
-                name = dev.get("device", i)
-                pair = keys.get(name)
-                if pair is None:
-                    pair = keys[name] = (f"mem:{name}:in_use", f"mem:{name}:peak")
-                metrics[pair[0]] = dev.get("in_use")  # the parsed event is ours: no copy
-                metrics[pair[1]] = dev.get("peak")
-        self.latest = metrics
-        self.history.add(step, metrics)
-        t = ev.get("t")
-        if isinstance(t, (int, float)):
-            self.step_times.append((t, step))
+        self.latest = latest
+        for ev, step in zip(evs[-self.step_times.maxlen:], steps[-self.step_times.maxlen:]):
+            t = ev.get("t")
+            if isinstance(t, (int, float)):
+                self.step_times.append((t, step))
         self.dirty.update(("header", "train", "system"))
 
     def _on_eval(self, ev: dict[str, Any], offset: int | None) -> None:
