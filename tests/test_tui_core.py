@@ -637,3 +637,123 @@ def test_follower_folds_exactly_the_complete_events(tmp_path_factory, segments, 
     assert fast.history.buckets("loss") == ref.history.buckets("loss")
     assert list(fast.samples.steps) == list(ref.samples.steps)
     assert [e.step for e in fast.evals] == [e.step for e in ref.evals]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the cache of folded states
+
+
+def _follow(run: Path, cache: Path | None, **kw) -> Follower:
+    f = Follower(run, cache_dir=cache, cache_bytes=1 << 20, tail_threshold=1 << 40, chunk_bytes=1 << 20, **kw)
+    while f.poll():
+        pass
+    return f
+
+
+def _folded_bytes(monkeypatch) -> list[int]:
+    seen: list[int] = []
+    fold = RunState.fold_block
+
+    def counting(self, data, start, begin=0, end=None):
+        seen.append((len(data) if end is None else end) - begin)
+        return fold(self, data, start, begin, end)
+    monkeypatch.setattr(RunState, "fold_block", counting)
+    return seen
+
+
+def test_fold_cache_resumes_where_the_last_console_left(tmp_path: Path, monkeypatch):
+    eng = FakeEngine.create(tmp_path / "runs")
+    write_history(eng.paths.root, 1500)
+    cache = tmp_path / "cache"
+    before = sorted(p.name for p in eng.paths.root.iterdir())
+    first = _follow(eng.paths.root, cache)
+    assert len(list(cache.glob("*.fold"))) == 1  # in the cache folder, private ...
+    assert (cache.stat().st_mode & 0o777) == 0o700 and (next(cache.glob("*.fold")).stat().st_mode & 0o777) == 0o600
+    assert sorted(p.name for p in eng.paths.root.iterdir()) == before  # ... and nothing in the run directory
+    first.state.note_command("c1", "pause", 1.0)
+    for s in range(1501, 1511):
+        eng.full_step(s, 1510)
+    seen = _folded_bytes(monkeypatch)
+    again = _follow(eng.paths.root, cache)
+    size_ = eng.paths.events.stat().st_size
+    assert sum(seen) < size_ // 20  # only what was written since the cache
+    fresh = _follow(eng.paths.root, None)
+    assert again.state.pending == {} and again.state.alive is None  # the other console's own doings are not carried
+    for a, b in ((again.state, fresh.state),):
+        assert (a.events, a.step, a.total_steps, a.status, a.phase) == (b.events, b.step, b.total_steps, b.status, b.phase)
+        assert a.history.count == b.history.count == 1510
+        for key in ("loss", "reward_mean", "mem:cpu:0:in_use"):
+            assert a.history.buckets(key) == b.history.buckets(key)
+        assert list(a.samples.steps) == list(b.samples.steps) and a.samples.get(0)["step"] == 1
+        assert [e.step for e in a.evals] == [e.step for e in b.evals] and a.latest == b.latest
+
+
+def test_fold_cache_is_used_only_while_it_fits_the_stream(tmp_path: Path, monkeypatch):
+    eng = FakeEngine.create(tmp_path / "runs")
+    write_history(eng.paths.root, 800)
+    cache = tmp_path / "cache"
+    events = eng.paths.events
+    size_ = events.stat().st_size
+
+    def cached() -> bool:
+        seen = _folded_bytes(monkeypatch)
+        _follow(eng.paths.root, cache)
+        monkeypatch.undo()
+        return sum(seen) < size_ // 2
+
+    _follow(eng.paths.root, cache)
+    assert cached()
+    with open(events, "r+b") as fh:  # the same file, a byte changed just before the cached offset
+        fh.seek(size_ - 100)
+        byte = fh.read(1)
+        fh.seek(size_ - 100)
+        fh.write(b"#" if byte != b"#" else b"%")
+    assert not cached()  # folded afresh (and cached again)
+    assert cached()
+    data = events.read_bytes()  # a new file of the same length, another first event
+    events.unlink()
+    events.write_bytes(data.replace(b'"t":1700000000.0', b'"t":1700000009.0', 1))
+    assert not cached()
+    assert cached()
+    with open(events, "r+b") as fh:  # cut short
+        fh.truncate(size_ - 5000)
+    assert not cached()
+    assert Follower(eng.paths.root, cache_dir=cache, history_capacity=64, cache_bytes=1 << 20,
+                    tail_threshold=1 << 40)._resume_cached(size_) is False  # other history settings
+    fold = next(cache.glob("*.fold"))
+    fold.chmod(0o666)
+    assert not cached()  # a file others may have written is not read
+    fold = next(cache.glob("*.fold"))
+    import pickle
+    fold.write_bytes(pickle.dumps({"code": "x"}) + pickle.dumps(print))  # anything but a state is refused
+    assert not cached()
+    from tunix_tui.core import foldcache
+    fold.write_bytes(fold.read_bytes()[:-10] + b"\x80\x05c" + b"os\nsystem\n")
+    assert foldcache.load(cache, events, RunState("r")) is None
+
+
+def test_fold_cache_is_refreshed_when_the_console_leaves_and_dropped_with_the_run(tmp_path: Path, monkeypatch):
+    import threading
+    from tunix_tui.core import foldcache
+    from tunix_tui.core.catalog import delete_run
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    eng = FakeEngine.create(tmp_path / "runs")
+    write_history(eng.paths.root, 700, status="stopped")
+    f = Follower(eng.paths.root, cache_bytes=1 << 20, tail_threshold=1 << 40)
+    stop = threading.Event()
+    worker = threading.Thread(target=f.run, args=(stop, 0.01))
+    worker.start()
+    deadline = time.time() + 30
+    while not f.caught_up and time.time() < deadline:
+        time.sleep(0.01)
+    eng.log("after the cache")  # a little more than nothing: cached only when the console leaves
+    while f.state.feed[-1].text != "after the cache" and time.time() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    worker.join(30)
+    cache = foldcache.default_dir()
+    assert cache == tmp_path / "xdg" / "tunix-tui" / "folds"
+    state, position, _ = foldcache.load(cache, eng.paths.events, RunState("r"))
+    assert position == eng.paths.events.stat().st_size and state.feed[-1].text == "after the cache"
+    delete_run(eng.paths.root)
+    assert not list(cache.glob("*.fold"))

@@ -12,6 +12,8 @@ from typing import Callable
 from engine.profile_io import ProfileError, load_profile
 from engine.protocol import RunPaths, RunSummary, engine_alive, summarize_run
 
+from tunix_tui.core import foldcache
+
 USER_PROFILES = Path.home() / ".config" / "tunix-tui" / "profiles"
 
 
@@ -138,4 +140,5 @@ def delete_run(run_dir: Path) -> None:
         raise RuntimeError(f"run {run_dir.name} is still running; stop it first")
     if not (run_dir / "profile.toml").is_file():
         raise RuntimeError(f"{run_dir} is not a run directory")
+    foldcache.forget(foldcache.default_dir(), RunPaths(run_dir).events)
     shutil.rmtree(run_dir)

@@ -2,8 +2,9 @@
 
 `Follower.poll()` does one bounded piece of work and says whether more is waiting, so a worker thread can loop on it
 and sleep when idle. Attaching to a long stream shows its tail first (the latest state within a fraction of a
-second), then folds the whole history behind it and swaps it in. All access to `state` from another thread must
-hold `lock`.
+second), then folds the whole history behind it and swaps it in. The folded state of a long stream is kept in the
+user's cache folder (`foldcache`), so attaching to it again folds only what was written since. All access to `state`
+from another thread must hold `lock`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 from engine.protocol import RunPaths, engine_alive, read_engine_info
 
+from tunix_tui.core import foldcache
 from tunix_tui.core.reader import LineReader
 from tunix_tui.core.runstate import RunState
 from tunix_tui.core.text import printable
@@ -26,7 +28,8 @@ class Follower:
 
     def __init__(self, run_dir: Path, *, clock: Callable[[], float] = time.time, chunk_bytes: int = 8 << 20,
                  tail_threshold: int = 16 << 20, tail_bytes: int = 2 << 20, alive_every: float = 2.0,
-                 log_lines: int = 200, history_capacity: int = 512, known_pid: int | None = None):
+                 log_lines: int = 200, history_capacity: int = 512, known_pid: int | None = None,
+                 cache_dir: Path | Literal["user"] | None = "user", cache_bytes: int = 32 << 20):
         self.paths = RunPaths(Path(run_dir))
         self.clock = clock
         self.chunk_bytes = chunk_bytes
@@ -36,6 +39,10 @@ class Follower:
         self.log_lines = log_lines
         self.history_capacity = history_capacity
         self.known_pid = known_pid
+        # folded states of streams from `cache_bytes` on are cached (again each `cache_bytes` more), None: never
+        self.cache_dir = foldcache.default_dir() if cache_dir == "user" else cache_dir
+        self.cache_bytes = cache_bytes
+        self._saved = 0  # stream offset of the last cached state
         self.lock = threading.RLock()
         self.state = self._new_state()
         self.caught_up = False  # the whole stream has been read once
@@ -56,6 +63,9 @@ class Follower:
         if not self._started:
             self._started = True
             size = self._reader.size()
+            if size is not None and self.cache_dir is not None and size >= self.cache_bytes and \
+                    self._resume_cached(size):
+                return True
             if size is not None and size > self.tail_threshold:
                 self._show_tail(size)
                 return True
@@ -81,10 +91,40 @@ class Follower:
             self.load_fraction = 1.0
         elif chunk.size:
             self.load_fraction = chunk.end / chunk.size
+        if chunk.length:
+            self.save_cache()
         return more
 
-    def _show_tail(self, size: int) -> None:
-        """Fold the last `tail_bytes` (plus the first event, for the run's identity) into a provisional state."""
+    def _resume_cached(self, size: int) -> bool:
+        """Start from the cached state of this stream, if there is one that fits it."""
+        got = foldcache.load(self.cache_dir, self.paths.events, self._new_state())  # type: ignore[arg-type]
+        if got is None:
+            return False
+        state, position, inode = got
+        reader = LineReader(self.paths.events, offset=position)
+        reader._inode = inode  # a file replaced since is read again from its start
+        self._saved = position
+        if size - position > self.tail_threshold:  # much was written since: show its tail while folding it
+            self._show_tail(size, behind=(state, reader))
+        else:
+            self._swap_in(state, reader)
+        return True
+
+    def save_cache(self, final: bool = False) -> None:
+        """Cache the folded state when the stream has grown by `cache_bytes` since the last time (`final`: by
+        anything), and is at least that long."""
+        if self.cache_dir is None or self._behind is not None:
+            return
+        position = self._reader.position
+        if position < self.cache_bytes or position <= self._saved or \
+                (not final and position - self._saved < self.cache_bytes):
+            return
+        if foldcache.save(self.cache_dir, self.paths.events, self.state, position, lock=self.lock):
+            self._saved = position
+
+    def _show_tail(self, size: int, behind: tuple[RunState, LineReader] | None = None) -> None:
+        """Fold the last `tail_bytes` (plus the first event, for the run's identity) into a provisional state,
+        and start folding the whole history (or go on with `behind`, a state and the reader it folded from)."""
         tail_state = self._new_state()
         head = LineReader(self.paths.events)
         first = head.read(64 << 10)
@@ -100,12 +140,11 @@ class Follower:
             self._carry(self.state, tail_state)
             self.state = tail_state
         self.load_fraction = 0.0
-        self._fold_here(tail_state.step)
-
-    def _fold_here(self, expected_steps: int) -> None:
-        behind = self._new_state()
-        behind.history.reserve(expected_steps)
-        self._behind = (behind, LineReader(self.paths.events))
+        if behind is None:
+            full = self._new_state()
+            full.history.reserve(tail_state.step)
+            behind = (full, LineReader(self.paths.events))
+        self._behind = behind
 
     def _fold_behind(self) -> bool:
         full, reader = self._behind  # type: ignore[misc]
@@ -121,6 +160,7 @@ class Follower:
         self._swap_in(full, reader)  # caught up
         self._behind = None
         self.caught_up = True
+        self.save_cache()
         return False
 
     def _swap_in(self, full: RunState, reader: LineReader) -> None:
@@ -207,6 +247,10 @@ class Follower:
             if not more:
                 wait = interval() if callable(interval) else interval
                 stop.wait(wait * min(8, 1 + failures))
+        try:
+            self.save_cache(final=True)  # a console attaching later starts from here
+        except Exception:  # noqa: BLE001 - leaving never fails for want of a cache
+            pass
 
 
 def _pid_running(pid: int) -> bool:
