@@ -254,12 +254,13 @@ def main() -> int:
         del folder
         cache_home = work / "cache"  # the consoles' XDG_CACHE_HOME: folded states are cached there
         runs: dict[str, list[dict]] = {"cold": [], "warm": []}
+        repeat = max(1, args.repeat)
         for kind in ("cold", "warm"):
-            for i in range(max(1, args.repeat)):
+            for i in range(repeat):
                 marks, con = _attach(long_dir, work / "long.json", cache_home, kind)
                 runs[kind].append(marks)
                 figures["peak_rss_mb"] = max(figures.get("peak_rss_mb", 0), round(_rss_mb(con.pid, "VmHWM"), 1))
-                if kind == "warm" and i == args.repeat - 1 and not args.attach_only:
+                if kind == "warm" and i == repeat - 1 and not args.attach_only:
                     break  # this one stays open for the idle window
                 con.close()
         for kind, prefix in (("cold", "attach"), ("warm", "warm_attach")):

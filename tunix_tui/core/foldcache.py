@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tunix_tui.core import history as _history
+from tunix_tui.core import reader as _reader
 from tunix_tui.core import runstate as _runstate
 from tunix_tui.core.runstate import PARTS, RunState
 
@@ -55,7 +56,7 @@ def _code() -> str:
     global _code_id
     if _code_id is None:
         h = hashlib.sha256(sys.version.encode())
-        for module in (_runstate, _history, sys.modules[__name__]):
+        for module in (_reader, _runstate, _history, sys.modules[__name__]):
             h.update(Path(module.__file__ or "").read_bytes())
         _code_id = h.hexdigest()
     return _code_id
@@ -77,7 +78,7 @@ def _settings(state: RunState) -> tuple[Any, ...]:
     return (state.history_capacity, state.history_metrics)
 
 
-def save(directory: Path, events: Path, state: RunState, position: int, keep: int = 32,
+def save(directory: Path, events: Path, state: RunState, position: int, keep: int = 16,
          lock: AbstractContextManager[Any] | None = None) -> bool:
     """Store `state`, folded from the lines of `events` before byte `position` (pickled while holding `lock`);
     False when it could not be written (the cache is only a shortcut: nothing fails for want of it)."""
@@ -103,7 +104,7 @@ def save(directory: Path, events: Path, state: RunState, position: int, keep: in
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    except (OSError, pickle.PicklingError, RecursionError):
+    except Exception:  # noqa: BLE001 - whatever keeps it from being written, the console goes on without it
         return False
     _prune(directory, keep)
     return True

@@ -77,6 +77,7 @@ class Follower:
             self.caught_up = True  # nothing to read (yet)
             return False
         if chunk.reset:
+            self._saved = 0
             with self.lock:
                 old = self.state
                 self.state = self._new_state()
@@ -101,8 +102,7 @@ class Follower:
         if got is None:
             return False
         state, position, inode = got
-        reader = LineReader(self.paths.events, offset=position)
-        reader._inode = inode  # a file replaced since is read again from its start
+        reader = LineReader(self.paths.events, offset=position, inode=inode)
         self._saved = position
         if size - position > self.tail_threshold:  # much was written since: show its tail while folding it
             self._show_tail(size, behind=(state, reader))

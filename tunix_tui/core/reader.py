@@ -40,8 +40,8 @@ class LineReader:
     offset: int = 0  # end of the bytes read so far (a partial last line included)
     missing: bool = False
     problem: str = ""
+    inode: int | None = None  # of the file read so far (another one means it was replaced: read from its start)
     _position: int | None = field(default=None, repr=False)
-    _inode: int | None = field(default=None, repr=False)
 
     @property
     def position(self) -> int:
@@ -63,9 +63,9 @@ class LineReader:
         try:
             with open(self.path, "rb") as fh:
                 st = os.fstat(fh.fileno())
-                if st.st_size < self.offset or (self._inode is not None and st.st_ino != self._inode):
+                if st.st_size < self.offset or (self.inode is not None and st.st_ino != self.inode):
                     start, reset = 0, True
-                self._inode = st.st_ino
+                self.inode = st.st_ino
                 fh.seek(start)
                 data = fh.read(max_bytes)
                 cut = data.rfind(b"\n")
