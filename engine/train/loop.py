@@ -68,6 +68,16 @@ class TrainState:
     nonfinite_in_row: int = 0
 
 
+def release_sampler_weights(sampler: Any) -> None:
+    """Drop the sampler's re-laid-out weight copy (the size of the layer weights) until its next call: in training
+    the adapters change every step, so the copy would only be rebuilt, and meanwhile the update needs the memory."""
+    release = getattr(sampler, "release", None)
+    if callable(release):
+        release()
+    elif hasattr(sampler, "_prepared"):   # the sampler predates `release()`
+        sampler._prepared = None
+
+
 def step_seed(seed: int, step: int) -> int:
     """The sampling seed of a step: a pure function of (run seed, step), so a resumed run samples the same."""
     return int(np.random.SeedSequence([int(seed), int(step)]).generate_state(1)[0] & 0x7FFFFFFF)
@@ -376,6 +386,7 @@ class Trainer:
                            top_p=p.generation.top_p, seed=step_seed(p.run.seed, step), on_partial=on_partial,
                            partial_every=max(p.generation.partial_every, 1))
         texts = decode_completions(self.tokenizer, out.tokens, out.lengths, self.eos_ids)
+        release_sampler_weights(self.sampler)
         timer.add("rollout", time.perf_counter() - t0)
 
         # rewards ------------------------------------------------------------------------------------------------
@@ -523,6 +534,7 @@ class Trainer:
         result = evaluate(self._eval_sampler, self.encoder, questions, preset=p.eval.preset, split=split,
                           eos_ids=self.eos_ids, batch_size=min(batch, len(questions)), seed=p.run.seed,
                           on_progress=progress)
+        release_sampler_weights(self._eval_sampler)
         self.log.emit("eval", **result.payload(step))
         self.wandb.log_eval(step, split, {k: v for k, v in result.figures().items() if isinstance(v, (int, float))})
         return result
