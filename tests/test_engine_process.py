@@ -35,8 +35,18 @@ def cache(tmp_path_factory) -> str:
     return str(tmp_path_factory.getbasetemp() / "compile-cache")
 
 
+TOY_REWARD = """def lowercase(prompts, completions, answers):
+    return [float(sum('a' <= ch <= 'z' for ch in c)) for c in completions]
+"""
+
+
 def new_run(tmp_path: Path, *overrides: str) -> RunPaths:
-    return prepare_run(TINY, ["training.eval_every_n_steps=0", "eval.final=false", *overrides], str(tmp_path))
+    """A tiny run whose reward (lowercase letters written) varies within groups, so updates are never all zero."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    plugin = tmp_path / "toy_reward.py"
+    plugin.write_text(TOY_REWARD)
+    return prepare_run(TINY, ["training.eval_every_n_steps=0", "eval.final=false",
+                              f'rewards.functions=["{plugin}:lowercase"]', *overrides], str(tmp_path))
 
 
 def start(paths: RunPaths, cache: str, *, resume: bool = False, hooks: dict[str, Any] | None = None,

@@ -152,13 +152,13 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         return _fail(f"run {run.name} has no live engine; to continue it: tunix-tui resume {run}", EXIT_FAIL)
     reader = EventReader(RunPaths(run).events)
     reader.poll(max_bytes=None)  # skip history
-    cid = send_command(run, args.command)
+    cid = send_command(run, args.action)
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         for ev in reader.poll():
             if ev.get("type") == "control_ack" and ev.get("id") == cid:
                 ok = bool(ev.get("ok", True))
-                print(f"{args.command}: {'acknowledged' if ok else 'refused'}"
+                print(f"{args.action}: {'acknowledged' if ok else 'refused'}"
                       + (f" ({ev['message']})" if ev.get("message") else ""))
                 return EXIT_OK if ok else EXIT_FAIL
         if not engine_alive(run):
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ctl", help="send a command to a live run and wait for its acknowledgement")
     p.add_argument("run", help="run directory or run id")
-    p.add_argument("command", choices=COMMANDS)
+    p.add_argument("action", metavar="COMMAND", choices=COMMANDS, help="one of: " + ", ".join(COMMANDS))
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the acknowledgement")
 
     p = sub.add_parser("attach", help="open the console on a run's dashboard")
