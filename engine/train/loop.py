@@ -399,7 +399,8 @@ class Trainer:
         timer.add("rewards", time.perf_counter() - t0)
 
         # reference (and old policy) log-probabilities ----------------------------------------------------------
-        prompt_tokens, prompt_valid = left_pad(prompt_ids, self.prompt_width, self.tokenizer.pad_id)
+        prompt_tokens, prompt_valid = left_pad([self.encoder.ids(e) for e in examples], self.prompt_width,
+                                               self.tokenizer.pad_id)   # one row per prompt, shared by its group
         C = out.tokens.shape[1]
         mask = (np.arange(C)[None, :] < out.lengths[:, None]).astype(np.float32)
         batch = SequenceBatch(prompt_tokens, prompt_valid, out.tokens.astype(np.int32), mask)

@@ -9,6 +9,7 @@ set to zero (`engine.model.lora.lora_disabled`), which adds exactly 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import jax
@@ -48,9 +49,11 @@ class LossSettings:
 
 @dataclass
 class SequenceBatch:
-    """Prompts (left-padded) followed by completions (right-padded), as numpy arrays of fixed shapes."""
-    prompt_tokens: np.ndarray     # int32 [B, P]
-    prompt_valid: np.ndarray      # bool [B, P]
+    """Prompts (left-padded) and their completions (right-padded), as numpy arrays of fixed shapes.
+
+    There are N prompts and B = N x G completions, those of prompt n in rows n*G ... n*G + G - 1."""
+    prompt_tokens: np.ndarray     # int32 [N, P]
+    prompt_valid: np.ndarray      # bool [N, P]
     completion: np.ndarray        # int32 [B, C]
     completion_mask: np.ndarray   # float32 [B, C]: 1 on generated tokens, the EOS included
 
@@ -82,57 +85,101 @@ def _same_structure(layers: list[Any]) -> bool:
     return all(nnx.split(layer)[0] == first for layer in layers[1:])
 
 
-def forward_hidden(model: Any, tokens: jax.Array, positions: jax.Array, attn_mask: jax.Array, *,
-                   remat: str = "none") -> jax.Array:
-    """The model's full-sequence forward pass (no cache) -> hidden states after the final norm, [B, T, d].
+def run_layers(model: Any, x: jax.Array, positions: jax.Array, attn_mask: jax.Array, *, remat: str = "none",
+               cache: tuple[jax.Array, jax.Array] | None = None, index: int = 0,
+               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """Embedded tokens x [b, t, d] through every decoder layer, as `Gemma3.__call__` does (a test checks they agree).
 
-    The same computation as `Gemma3.__call__` without a cache (a test checks they agree), with the decoder layers
-    optionally rematerialised in the backward pass ("dots": keep the projections' outputs, recompute norms,
-    activations and attention; "full": keep only each layer's input). With "scan-..." the layers run as one
+    `attn_mask` [b, t, S] is over cache slots; with `cache` = (keys, values) stacked per layer in the model's cache
+    layout ([L, b * K, S, h]), the new keys and values are written at slots `index ... index + t - 1` and the
+    updated caches are returned.
+    `remat` rematerialises layers in the backward pass: "dots" keeps the projections' outputs and recomputes
+    norms, activations and attention, "full" keeps only each layer's input. With "scan-..." the layers run as one
     `lax.scan` over their weights stacked inside the program: XLA's CPU scheduler keeps an unrolled loop's
-    rematerialised activations alive together, a scan bounds them to one layer at a time (at the cost of a
-    temporary stacked copy of the layer weights). Layers with different structures (LoRA on some layers only)
-    fall back to the unrolled loop."""
-    from engine.model.gemma3 import rope_tables
+    rematerialised activations alive together, a scan bounds them to one layer at a time (for a temporary stacked
+    copy of the layer weights). Layers of different structures (LoRA on some layers only) run unrolled."""
+    from engine.model.gemma3 import Cache, layer_inputs
 
-    if remat == "none":
-        hidden, _ = model(tokens, positions, attn_mask)
-        return hidden
     if remat not in REMAT_MODES:
         raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
     cfg = model.cfg
-    t = tokens.shape[1]
-    slots = jnp.arange(t, dtype=jnp.int32)
-    local_ok = (slots[:, None] - slots[None, :]) < cfg.sliding_window
-    masks = {False: attn_mask & local_ok[None], True: attn_mask}
-    ropes = {False: rope_tables(positions, cfg.head_dim, cfg.local_rope_base, 1.0),
-             True: rope_tables(positions, cfg.head_dim, cfg.global_rope_base, cfg.global_rope_scale)}
+    inputs = layer_inputs(cfg, positions, attn_mask, Cache((), (), jnp.asarray(index, jnp.int32)))
+    masks = {False: inputs.local_mask, True: inputs.global_mask}
+    ropes = {False: inputs.local_rope, True: inputs.global_rope}
     layers = list(model.layers)
-    scan = remat.startswith("scan-") and _same_structure(layers)
-    policy = REMAT_POLICIES[remat.removeprefix("scan-")]
-    x = model.embedder.encode(tokens)
-    if scan:
+    policy = REMAT_POLICIES.get(remat.removeprefix("scan-"))
+
+    def apply(graphdef: Any, state: Any, x: jax.Array, rope: tuple, mask: jax.Array, kv: tuple | None):
+        return nnx.merge(graphdef, state)(x, rope, mask, kv, inputs.index)
+
+    if remat.startswith("scan-") and _same_structure(layers):
         graphdef = nnx.split(layers[0])[0]
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.split(layer)[1] for layer in layers])
         is_global = jnp.asarray([cfg.is_global(i) for i in range(len(layers))])
 
-        def body(x: jax.Array, inputs: tuple) -> tuple[jax.Array, None]:
-            state, g = inputs
+        def body(x: jax.Array, per_layer: tuple) -> tuple[jax.Array, Any]:
+            state, g, kv = per_layer
             rope = tuple(jnp.where(g, a, b) for a, b in zip(ropes[True], ropes[False]))
             mask = jnp.where(g, masks[True], masks[False])
-            return nnx.merge(graphdef, state)(x, rope, mask, None, None)[0], None
+            return apply(graphdef, state, x, rope, mask, kv)
 
-        x, _ = jax.lax.scan(jax.checkpoint(body, policy=policy), x, (stacked, is_global))
-        return model.final_norm(x)
+        x, new_cache = jax.lax.scan(jax.checkpoint(body, policy=policy), x, (stacked, is_global, cache))
+        return x, new_cache
+    keys, values = [], []
     for i, layer in enumerate(layers):
         g = cfg.is_global(i)
         graphdef, state = nnx.split(layer)
+        kv = (cache[0][i], cache[1][i]) if cache is not None else None
+        run = partial(apply, graphdef)
+        if policy is not None:
+            run = jax.checkpoint(run, policy=policy)
+        x, new_kv = run(state, x, ropes[g], masks[g], kv)
+        if new_kv is not None:
+            keys.append(new_kv[0])
+            values.append(new_kv[1])
+    return x, ((jnp.stack(keys), jnp.stack(values)) if cache is not None else None)
 
-        def run_layer(state: Any, x: jax.Array, rope: tuple, mask: jax.Array, graphdef: Any = graphdef) -> jax.Array:
-            return nnx.merge(graphdef, state)(x, rope, mask, None, None)[0]
 
-        x = jax.checkpoint(run_layer, policy=policy)(state, x, ropes[g], masks[g])
+def forward_hidden(model: Any, tokens: jax.Array, positions: jax.Array, attn_mask: jax.Array, *,
+                   remat: str = "none") -> jax.Array:
+    """The full-sequence forward pass without a cache -> hidden states after the final norm, [B, T, d]."""
+    x, _ = run_layers(model, model.embedder.encode(tokens), positions, attn_mask, remat=remat)
     return model.final_norm(x)
+
+
+def grouped_hidden(model: Any, prompt_tokens: jax.Array, prompt_valid: jax.Array, completion: jax.Array,
+                   completion_valid: jax.Array, *, remat: str = "none") -> jax.Array:
+    """Hidden states that predict each completion token, [B, C, d], for B = N x G completions of N prompts.
+
+    Each prompt ([N, P], left-padded) runs once, filling a key/value cache that is then shared by the G
+    completions of its group (rows n*G ... n*G + G - 1): the prompt is not recomputed G times, in the forward nor
+    in the backward pass. Position P - 1 of a prompt predicts its completions' first token, completion position j
+    predicts token j + 1. Equal to a full forward pass over each prompt + completion (a test checks it)."""
+    n, p = prompt_tokens.shape
+    b, c = completion.shape
+    group = b // n
+    cfg = model.cfg
+    heads = cfg.num_kv_heads
+    empty = jnp.zeros((len(model.layers), n * heads, p + c, cfg.head_dim), model.dtype)
+    mask_p = jnp.pad(causal_attention_mask(prompt_valid), ((0, 0), (0, 0), (0, c)))
+    x_p, (keys, values) = run_layers(model, model.embedder.encode(prompt_tokens), make_positions(prompt_valid),
+                                     mask_p, remat=remat, cache=(empty, empty), index=0)
+    last = model.final_norm(x_p[:, -1:])                                        # [N, 1, d]
+    valid_p = jnp.repeat(prompt_valid, group, axis=0)                           # [B, P]
+    positions = make_positions(jnp.concatenate([valid_p, completion_valid], axis=1))[:, p:]
+    causal = jnp.arange(c)[:, None] >= jnp.arange(c)[None, :]
+    mask_c = jnp.concatenate([jnp.broadcast_to(valid_p[:, None, :], (b, c, p)),
+                              completion_valid[:, None, :] & causal[None]], axis=2)     # [B, C, P + C]
+    def per_completion(cache: jax.Array) -> jax.Array:   # rows n*K + h -> rows (n*G + g)*K + h
+        layers, _, slots, dim = cache.shape
+        cache = cache.reshape(layers, n, 1, heads, slots, dim)
+        return jnp.broadcast_to(cache, (layers, n, group, heads, slots, dim)).reshape(layers, b * heads, slots, dim)
+
+    cache = (per_completion(keys), per_completion(values))
+    x_c, _ = run_layers(model, model.embedder.encode(completion), positions, mask_c, remat=remat, cache=cache,
+                        index=p)
+    hidden_c = model.final_norm(x_c)
+    return jnp.concatenate([jnp.repeat(last, group, axis=0), hidden_c[:, :-1]], axis=1)
 
 
 def completion_logprobs(model: Any, prompt_tokens: jax.Array, prompt_valid: jax.Array, completion: jax.Array,
@@ -140,14 +187,11 @@ def completion_logprobs(model: Any, prompt_tokens: jax.Array, prompt_valid: jax.
                         for_gradient: bool = False, remat: str = "none") -> tuple[jax.Array, jax.Array]:
     """log p and entropy of each completion token given its prompt and the completion before it: f32 [B, C] each.
 
-    Uses temperature-scaled logits and the chunked output layer (the [B, C, vocab] logits never exist at once):
-    `engine.grpo.logprobs.token_logprobs` for a forward pass (no entropy), `engine.train.fused` when the result
-    is differentiated (it carries its own gradient, one product with the output layer fewer)."""
-    tokens = jnp.concatenate([prompt_tokens, completion], axis=1)
-    valid = jnp.concatenate([prompt_valid, completion_mask > 0], axis=1)
-    hidden = forward_hidden(model, tokens, make_positions(valid), causal_attention_mask(valid), remat=remat)
-    p, c = prompt_tokens.shape[1], completion.shape[1]
-    before = hidden[:, p - 1:p + c - 1]   # the position before each completion token predicts it
+    Prompts are [N, P] with B = N x G completions (see `grouped_hidden`). Uses temperature-scaled logits and the
+    chunked output layer (the [B, C, vocab] logits never exist at once): `engine.grpo.logprobs.token_logprobs`
+    for a forward pass (no entropy), `engine.train.fused` when the result is differentiated (it carries its own
+    gradient, one product with the output layer fewer)."""
+    before = grouped_hidden(model, prompt_tokens, prompt_valid, completion, completion_mask > 0, remat=remat)
     embedding = model.embedder.input_embedding[...]
     if for_gradient:
         return fused_token_logprobs(before, embedding, completion, temperature, chunk_size)
