@@ -276,16 +276,8 @@ class Sampler:
             raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
         temperature = float(temperature) if temperature > 0 else 1.0
         n = len(prompts)
-        prompts = [list(p)[-self.max_prompt_length:] for p in prompts]
-        p_len = self.prompt_bucket(max(len(p) for p in prompts))
-        b = self.batch_bucket(n)
-        tokens = np.full((b, p_len), self.pad_id, np.int32)
-        pads = np.full((b,), p_len - 1, np.int32)
-        tokens[n:, -1] = self.bos_id  # filler rows: one token, finished from the start
-        for i, p in enumerate(prompts):
-            tokens[i, p_len - len(p):] = p
-            pads[i] = p_len - len(p)
-        done = np.arange(b) >= n
+        tokens, pads, done = self._pack(prompts)
+        b, p_len = tokens.shape
         vocab = self.model.cfg.vocab_size
         mode = _Mode(max_new=self.max_new_tokens, top_k=int(top_k) if 0 < top_k < vocab else 0,
                      greedy=bool(greedy), use_top_p=(not greedy) and top_p < 1.0, eos_ids=self.eos_ids,
@@ -318,6 +310,19 @@ class Sampler:
                             logprobs=np.asarray(logprobs[:n], np.float32),
                             lengths=np.asarray(lengths[:n], np.int32),
                             truncated=~np.asarray(done_out[:n], bool))
+
+    def _pack(self, prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Left-padded tokens [b, P], padding per row [b], rows finished from the start [b] (batch filler)."""
+        prompts = [list(p)[-self.max_prompt_length:] for p in prompts]
+        n, p_len = len(prompts), self.prompt_bucket(max(len(p) for p in prompts))
+        b = self.batch_bucket(n)
+        tokens = np.full((b, p_len), self.pad_id, np.int32)
+        pads = np.full((b,), p_len - 1, np.int32)
+        tokens[n:, -1] = self.bos_id  # filler rows: one token each
+        for i, p in enumerate(prompts):
+            tokens[i, p_len - len(p):] = p
+            pads[i] = p_len - len(p)
+        return tokens, pads, np.arange(b) >= n
 
     def _inference_weights(self, graphdef, state) -> infer.InferenceWeights:
         """`infer.prepare` of the current state, reused while the state holds the very same arrays (JAX arrays are

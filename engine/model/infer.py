@@ -2,9 +2,9 @@
 
 On this CPU, XLA multiplies a few rows of activations by a weight matrix much faster when the weight is stored
 output-major ([out, in], so that `W @ x^T` streams contiguous rows) than in the canonical `x @ W` layout
-(measured 1.3-1.7x at batch 8 and 32, equal at batch 1). `prepare` builds that layout once per sampler call:
-LoRA adapters folded in, q/kv and gate/up fused into one matrix each, all in the compute dtype. The embedding
-is used as it is. `forward` computes exactly what `Gemma3.__call__` computes (same attention code) from it.
+(measured 1.3-1.7x at batch 8 and 32, equal at batch 1). `prepare` builds that layout (the sampler keeps it while
+the weights are unchanged): LoRA adapters folded in, q/kv and gate/up fused into one matrix each, all in the
+compute dtype. The embedding is used as it is. `forward` computes exactly what `Gemma3.__call__` computes (same attention code) from it.
 """
 
 from __future__ import annotations
