@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 START_OF_TURN_ID, END_OF_TURN_ID = 105, 106
@@ -47,6 +47,11 @@ def chat_prompt(user_text: str) -> str:
 def _split_turns(text: str) -> list[str]:
     """Text cut around the turn markers; the markers are kept as their own parts."""
     return [part for part in _TURN_SPLIT.split(text) if part]
+
+
+def _decode_with_turns(ids: Sequence[int], decode_plain: Callable[[list[int]], str]) -> str:
+    """Decode runs of ordinary ids with `decode_plain`, writing turn markers as their text."""
+    return "".join(_TURN_TEXT[part] if isinstance(part, int) else decode_plain(part) for part in _split_ids(ids))
 
 
 def _split_ids(ids: Sequence[int]) -> list[list[int] | int]:
@@ -116,13 +121,7 @@ class SentencePieceTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`; bos/eos/pad and other control ids are dropped, turn markers kept as text."""
-        out = []
-        for part in _split_ids(ids):
-            if isinstance(part, int):
-                out.append(_TURN_TEXT[part])
-            else:
-                out.append(self._sp.DecodeIds([i for i in part if 0 <= i < self.vocab_size]))
-        return "".join(out)
+        return _decode_with_turns(ids, lambda part: self._sp.DecodeIds([i for i in part if 0 <= i < self.vocab_size]))
 
     def id_to_piece(self, i: int) -> str:
         """The vocabulary entry of one id."""
@@ -157,14 +156,11 @@ class ByteTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`; special ids other than the turn markers are dropped; bad UTF-8 becomes U+FFFD."""
-        out = []
-        for part in _split_ids(ids):
-            if isinstance(part, int):
-                out.append(_TURN_TEXT[part])
-            else:
-                data = bytes(i - self.BYTE_OFFSET for i in part if self.BYTE_OFFSET <= i < self.BYTE_OFFSET + 256)
-                out.append(data.decode("utf-8", errors="replace"))
-        return "".join(out)
+        def plain(part: list[int]) -> str:
+            data = bytes(i - self.BYTE_OFFSET for i in part if self.BYTE_OFFSET <= i < self.BYTE_OFFSET + 256)
+            return data.decode("utf-8", errors="replace")
+
+        return _decode_with_turns(ids, plain)
 
     def id_to_piece(self, i: int) -> str:
         """A readable name for one id."""
