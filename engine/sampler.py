@@ -95,6 +95,18 @@ def top_k_rows(logits: jax.Array, k: int, *, vocab_major: bool = False) -> tuple
     return vals, (block * chunk + j % chunk).astype(jnp.int32)
 
 
+def _log_normaliser(logits: jax.Array, inv_t: jax.Array, vocab_major: bool) -> jax.Array:
+    """logsumexp(logits * inv_t) over the vocabulary, per row.
+
+    For many vocabulary-major rows the sum runs over blocks of 512 entries first: XLA's CPU reduction over the
+    long axis of [V, B] is several times slower than the blocked form at 32 rows (and faster below 24)."""
+    if not vocab_major or logits.shape[1] < 24 or logits.shape[0] % 512:
+        return jax.nn.logsumexp(logits * inv_t, axis=0 if vocab_major else 1)
+    m = jnp.max(logits, axis=0)
+    e = jnp.exp((logits - m) * inv_t).reshape(logits.shape[0] // 512, 512, logits.shape[1])
+    return jnp.log(jnp.sum(jnp.sum(e, axis=1), axis=0)) + m * inv_t
+
+
 def sample_logits(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array, *,
                   top_k: int, greedy: bool, use_top_p: bool, vocab_major: bool = False,
                   ) -> tuple[jax.Array, jax.Array]:
@@ -106,7 +118,7 @@ def sample_logits(logits: jax.Array, key: jax.Array, temperature: jax.Array, top
     v_axis = 0 if vocab_major else 1
     vocab, rows = logits.shape[v_axis], logits.shape[1 - v_axis]
     inv_t = 1.0 / temperature
-    log_z = jax.nn.logsumexp(logits * inv_t, axis=v_axis)
+    log_z = _log_normaliser(logits, inv_t, vocab_major)
     if greedy:
         tokens = jnp.argmax(logits, axis=v_axis).astype(jnp.int32)
     elif 0 < top_k < vocab or use_top_p:

@@ -127,3 +127,11 @@ def _draw_vocab_major(logits_vb, seeds, temperature, top_p, *, top_k, greedy=Fal
         return sample_logits(logits_vb, jax.random.key(seed), temperature, top_p, top_k=top_k, greedy=greedy,
                              use_top_p=use_top_p, vocab_major=True)
     return jax.vmap(one)(seeds)
+
+
+def test_blocked_normaliser_for_many_rows_gives_full_vocabulary_logprobs():
+    logits = jnp.asarray(np.random.default_rng(7).normal(0, 3.0, (32, 512 * 4)), jnp.float32)
+    tokens, logprobs = _draw_vocab_major(logits.T, SEEDS[:5], 0.7, 1.0, top_k=5)
+    full = np.asarray(jax.nn.log_softmax(logits / 0.7, axis=-1))
+    expected = np.take_along_axis(full[None].repeat(5, 0), np.asarray(tokens)[..., None], -1)[..., 0]
+    np.testing.assert_allclose(np.asarray(logprobs), expected, atol=1e-5)
