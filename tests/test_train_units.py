@@ -290,3 +290,16 @@ def test_fused_logprobs_equal_the_chunked_ones_in_value_and_gradient():
     assert np.allclose(grad, grad_ref, atol=1e-5) and float(jnp.abs(grad).max()) > 0.1
     probs = jax.nn.softmax(jnp.asarray(r.normal(size=(4, vocab)), jnp.float32))
     assert np.allclose(probs_times_embedding(probs, emb, block=64), probs @ emb, atol=1e-5)   # 3 blocks
+
+
+def test_trimming_host_memory_gives_freed_pages_back():
+    from engine.train.memory import trim_host_memory
+
+    blocks = [bytearray(64 << 10) for _ in range(4000)]        # ~256 MB in heap-sized (not mmapped) blocks
+    for b in blocks:
+        b[::4096] = b"\1" * len(b[::4096])
+    del blocks[:-1]                                           # free all but the last (it pins the top of the heap)
+    before, _ = process_rss()
+    assert trim_host_memory()
+    after, _ = process_rss()
+    assert after < before - (100 << 20)

@@ -313,6 +313,9 @@ class Trainer:
 
     def _enter(self, phase: str, step: int, compiles: str | None = None) -> None:
         """A phase boundary: handle control, then announce the phase (as `compiling` on a program's first use)."""
+        from engine.train.memory import trim_host_memory
+
+        trim_host_memory()
         self._boundary()
         if compiles and compiles not in self._compiled:
             self._compiled.add(compiles)

@@ -25,6 +25,29 @@ def process_rss() -> tuple[int, int]:
     return current, max(peak, current)
 
 
+_LIBC: object | None = None
+
+
+def trim_host_memory() -> bool:
+    """Give freed heap memory back to the system (glibc `malloc_trim`); False where that is not available.
+
+    XLA's CPU buffers of one phase (rollout, reference, update) are freed when it ends, but the C allocator keeps
+    the pages, so without this the resident memory grows to the sum of the phases' peaks instead of the largest."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if not _LIBC:
+        return False
+    _LIBC.malloc_trim(0)
+    return True
+
+
 def total_ram() -> int | None:
     """Physical memory of the machine in bytes (None if unknown)."""
     try:
