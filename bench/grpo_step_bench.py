@@ -91,11 +91,13 @@ def _rss_kb() -> int:
 
 def update_memory(prompt: int = 256, completion: int = 256, batch: int = 4) -> dict:
     """Peak RSS of one update (after a warm-up call that compiles), measured by resetting the kernel's high-water
-    mark (/proc/self/clear_refs) just before it."""
+    mark (/proc/self/clear_refs) just before it. The logits the update sees are those of the completion positions
+    (prompt positions predict nothing that is scored)."""
     import numpy as np
     from flax import nnx
 
     from engine.profile_io import load_profile
+    from engine.train.memory import trim_host_memory
     from engine.train.optim import make_optimizer
     from engine.train.setup import load_policy
     from engine.train.step import LossSettings, Phases, SequenceBatch, left_pad
@@ -116,6 +118,7 @@ def update_memory(prompt: int = 256, completion: int = 256, batch: int = 4) -> d
     adv = np.array([1.0, -1.0, 0.5, -0.5][:batch], np.float32)
     ref = phases.reference_logprobs(seq)
     phases.update(lora, state, seq, advantages=adv, old_logp=None, ref_logp=ref)      # compile + warm-up
+    trim_host_memory()                                         # as the training loop does between phases
     before = _rss_kb()
     Path("/proc/self/clear_refs").write_text("5")
     t0 = time.perf_counter()
