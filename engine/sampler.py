@@ -323,6 +323,10 @@ class Sampler:
                             lengths=np.asarray(lengths[:n], np.int32),
                             truncated=~np.asarray(done_out[:n], bool))
 
+    def release(self) -> None:
+        """Drop the kept copy of the re-laid-out weights (rebuilt on the next call that needs it)."""
+        self._prepared = None
+
     def _pack(self, prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Left-padded tokens [b, P], padding per row [b], rows finished from the start [b] (batch filler)."""
         prompts = [list(p)[-self.max_prompt_length:] for p in prompts]

@@ -176,3 +176,6 @@ def test_prepared_weights_are_reused_only_while_the_weights_are_unchanged():
     changed = s(prompts, greedy=True)
     assert s._prepared[1] is not prepared
     assert not np.array_equal(first.tokens, changed.tokens)
+    s.release()
+    assert s._prepared is None
+    assert np.array_equal(s(prompts, greedy=True).tokens, changed.tokens)
