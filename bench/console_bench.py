@@ -41,7 +41,10 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def child_main(run_dir: str, report: str, t0: float) -> None:
-    """Open the dashboard on `run_dir`; write timings and memory to `report` once the whole history is drawn."""
+    """Open the dashboard on `run_dir`, as `tunix-tui attach RUN` does; write timings and memory to `report` once
+    the whole history is drawn."""
+    from tunix_tui.core import foldjob
+    foldjob.prefetch(Path(run_dir))   # as the attach command does, before the app is imported
     from tunix_tui.app import TunixApp
     from tunix_tui.screens.dashboard import DashboardScreen
 
@@ -66,7 +69,8 @@ def child_main(run_dir: str, report: str, t0: float) -> None:
                 marks["threads_folded"] = _thread_cpu()
             if "full_history" not in marks and screen.caught_up:
                 marks["full_history"] = time.time() - t0  # every event folded and drawn
-                marks["cpu_s"] = time.process_time()  # the console's own CPU time until then (all threads)
+                t = os.times()  # the console's CPU time until then: all its threads and its folding process
+                marks["cpu_s"] = t.user + t.system + t.children_user + t.children_system
                 marks["threads"] = _thread_cpu()
                 marks["history_steps"] = state.history.count
                 marks["samples_indexed"] = len(state.samples)

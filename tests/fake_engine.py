@@ -297,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         eng.status("paused", step=first - 1)
     step = first
     last_beat = time.monotonic()
+    due = time.monotonic()  # when the next event is due: events keep to `rate` whatever writing them costs
 
     def tick() -> bool:
         nonlocal last_beat
@@ -304,20 +305,25 @@ def main(argv: list[str] | None = None) -> int:
         if time.monotonic() - last_beat > 5:
             write_engine_info(eng.paths.root)
             last_beat = time.monotonic()
-        if gap:
-            time.sleep(gap)
         return eng.stopped
+
+    def pace() -> None:
+        nonlocal due
+        due = max(due + gap, time.monotonic() - gap)
+        time.sleep(max(0.0, due - time.monotonic()))
 
     while step <= args.steps:
         if tick():
             return 0
         if eng.paused:
-            if not gap:
-                time.sleep(0.05)
+            time.sleep(gap or 0.05)
+            due = time.monotonic()
             continue
         for emit in (lambda: eng.status("running", "rollout", step=step, progress=0.0),
                      lambda: eng.partial(step, 8), lambda: eng.status("running", "update", step=step),
                      lambda: eng.step(step, args.steps), lambda: eng.sample(step)):
+            if gap:
+                pace()
             emit()
             if tick():
                 return 0

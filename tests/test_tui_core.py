@@ -757,3 +757,77 @@ def test_fold_cache_is_refreshed_when_the_console_leaves_and_dropped_with_the_ru
     assert position == eng.paths.events.stat().st_size and state.feed[-1].text == "after the cache"
     delete_run(eng.paths.root)
     assert not list(cache.glob("*.fold"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# folding a long history in a separate process
+
+
+def _long_follower(run: Path, cache: Path, **kw) -> Follower:
+    size_ = (run / "events.jsonl").stat().st_size
+    return Follower(run, cache_dir=cache, tail_threshold=size_ // 4, tail_bytes=size_ // 10, chunk_bytes=size_ // 5,
+                    **kw)
+
+
+def test_the_whole_history_is_folded_by_a_separate_process_and_swapped_in(tmp_path: Path, monkeypatch):
+    from tunix_tui.core import foldjob
+    eng = FakeEngine.create(tmp_path / "runs")
+    write_history(eng.paths.root, 2000)
+    jobs = []
+    start = foldjob.start
+    monkeypatch.setattr(foldjob, "start", lambda *a: jobs.append(start(*a)) or jobs[-1])
+    seen = _folded_bytes(monkeypatch)
+    f = _long_follower(eng.paths.root, tmp_path / "cache")
+    assert f.poll() is True and f.state.history_from is not None  # the tail view, the job running behind it
+    tail = f.state
+    swapped = []
+    f.on_swap = lambda: swapped.append(f.state)
+    deadline = time.time() + 60
+    while f.poll() and time.time() < deadline:
+        pass
+    assert len(jobs) == 1 and jobs[0].returncode == 0
+    size_ = eng.paths.events.stat().st_size
+    assert sum(seen) < size_ // 2  # this process folded the tail only
+    full = f.state
+    assert swapped == [full] and full is not tail and full.history_from is None and f.caught_up
+    ref = _follow(eng.paths.root, None)
+    assert full.history.step_range() == (1, 2000) and full.events == ref.state.events
+    assert full.history.buckets("loss") == ref.state.history.buckets("loss")
+    assert list(full.samples.steps) == list(ref.state.samples.steps)
+    eng.step(2001, 2001)  # following continues from the end
+    f.poll()
+    assert f.state.step == 2001
+
+
+def test_a_failed_folding_process_falls_back_to_folding_here(tmp_path: Path, monkeypatch):
+    from tunix_tui.core import foldjob
+    eng = FakeEngine.create(tmp_path / "runs")
+    write_history(eng.paths.root, 1200)
+    monkeypatch.setattr(foldjob, "start", lambda *a: subprocess.Popen(
+        [sys.executable, "-c", "print('0.5'); raise SystemExit(3)"], stdout=subprocess.PIPE))
+    f = _long_follower(eng.paths.root, tmp_path / "cache")
+    deadline = time.time() + 60
+    while f.poll() and time.time() < deadline:
+        pass
+    assert f.caught_up and f.state.history_from is None and f.state.history.step_range() == (1, 1200)
+
+
+def test_attach_prefetches_the_fold_only_when_the_console_will_need_it(tmp_path: Path, monkeypatch):
+    from tunix_tui.core import follower as follower_mod
+    from tunix_tui.core import foldjob
+    eng = FakeEngine.create(tmp_path / "runs")
+    write_history(eng.paths.root, 1500)
+    cache = tmp_path / "cache"
+    size_ = eng.paths.events.stat().st_size
+    monkeypatch.setattr(follower_mod, "TAIL_THRESHOLD", size_ + 1)
+    assert foldjob.prefetch(eng.paths.root, cache) is False  # short enough to fold at once
+    monkeypatch.setattr(follower_mod, "TAIL_THRESHOLD", size_ // 4)
+    assert foldjob.prefetch(eng.paths.root, cache) is True
+    job = foldjob.adopt(eng.paths.root, cache, follower_mod.HISTORY_CAPACITY)
+    assert job is not None and foldjob.adopt(eng.paths.root, cache, follower_mod.HISTORY_CAPACITY) is None
+    assert job.wait(60) == 0
+    # the follower that would have adopted it now finds the state in the cache: nothing more to prefetch
+    assert foldjob.prefetch(eng.paths.root, cache) is False
+    f = Follower(eng.paths.root, cache_dir=cache, tail_threshold=size_ // 4, cache_bytes=1 << 20)
+    f.poll()
+    assert f.state.history_from is None and f.state.history.step_range() == (1, 1500)

@@ -185,12 +185,14 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from tunix_tui.app import TunixApp
     attach = None
     if getattr(args, "run", None):
         attach = resolve_run(args.run, args.output_dir)
         if attach is None:
             return _fail(f"no run {args.run!r} (give a run directory or an id under {args.output_dir}/)")
+        from tunix_tui.core import foldjob
+        foldjob.prefetch(attach)  # a long history folds on the other core while the console starts
+    from tunix_tui.app import TunixApp
     app = TunixApp(profiles_dir=Path(args.profiles_dir), runs_dir=Path(args.output_dir), attach=attach,
                    profile=Path(args.profile) if getattr(args, "profile", None) else None)
     app.run()

@@ -2,14 +2,17 @@
 
 `Follower.poll()` does one bounded piece of work and says whether more is waiting, so a worker thread can loop on it
 and sleep when idle. Attaching to a long stream shows its tail first (the latest state within a fraction of a
-second), then folds the whole history behind it and swaps it in. The folded state of a long stream is kept in the
-user's cache folder (`foldcache`), so attaching to it again folds only what was written since. All access to `state`
-from another thread must hold `lock`.
+second), then folds the whole history behind it and swaps it in: in a process of its own (`foldjob`, on another
+core than the console's drawing) when a cache folder is in use, else here. The folded state of a long stream is kept
+in the user's cache folder (`foldcache`), so attaching to it again folds only what was written since. All access to
+`state` from another thread must hold `lock`.
 """
 
 from __future__ import annotations
 
 import os
+import select
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -17,19 +20,24 @@ from typing import Callable, Literal
 
 from engine.protocol import RunPaths, engine_alive, read_engine_info
 
-from tunix_tui.core import foldcache
+from tunix_tui.core import foldcache, foldjob
 from tunix_tui.core.reader import LineReader
 from tunix_tui.core.runstate import RunState
 from tunix_tui.core.text import printable
+
+
+TAIL_THRESHOLD = 16 << 20   # a stream longer than this is shown from its tail first
+HISTORY_CAPACITY = 512
 
 
 class Follower:
     """Follows one run directory into a `RunState`."""
 
     def __init__(self, run_dir: Path, *, clock: Callable[[], float] = time.time, chunk_bytes: int = 8 << 20,
-                 tail_threshold: int = 16 << 20, tail_bytes: int = 2 << 20, alive_every: float = 2.0,
-                 log_lines: int = 200, history_capacity: int = 512, known_pid: int | None = None,
-                 cache_dir: Path | Literal["user"] | None = "user", cache_bytes: int = 32 << 20):
+                 tail_threshold: int = TAIL_THRESHOLD, tail_bytes: int = 2 << 20, alive_every: float = 2.0,
+                 log_lines: int = 200, history_capacity: int = HISTORY_CAPACITY, known_pid: int | None = None,
+                 cache_dir: Path | Literal["user"] | None = "user", cache_bytes: int = 32 << 20,
+                 fold_jobs: bool = True):
         self.paths = RunPaths(Path(run_dir))
         self.clock = clock
         self.chunk_bytes = chunk_bytes
@@ -43,6 +51,9 @@ class Follower:
         self.cache_dir = foldcache.default_dir() if cache_dir == "user" else cache_dir
         self.cache_bytes = cache_bytes
         self._saved = 0  # stream offset of the last cached state
+        self.fold_jobs = fold_jobs  # fold a long history in a separate process (needs a cache folder)
+        self._job: subprocess.Popen | None = None
+        self.on_swap: Callable[[], None] | None = None  # called (from the following thread) when a state is swapped in
         self.lock = threading.RLock()
         self.state = self._new_state()
         self.caught_up = False  # the whole stream has been read once
@@ -69,6 +80,8 @@ class Follower:
             if size is not None and size > self.tail_threshold:
                 self._show_tail(size)
                 return True
+        if self._job is not None:
+            return self._wait_job()
         if self._behind is not None:
             return self._fold_behind()
         chunk = self._reader.read(self.chunk_bytes)
@@ -125,6 +138,12 @@ class Follower:
     def _show_tail(self, size: int, behind: tuple[RunState, LineReader] | None = None) -> None:
         """Fold the last `tail_bytes` (plus the first event, for the run's identity) into a provisional state,
         and start folding the whole history (or go on with `behind`, a state and the reader it folded from)."""
+        if self.fold_jobs and self.cache_dir is not None:  # first, so that it runs while the tail is folded
+            try:
+                self._job = foldjob.adopt(self.paths.root, self.cache_dir, self.history_capacity) or \
+                    foldjob.start(self.paths.root, self.cache_dir, self.history_capacity)
+            except OSError:
+                self._job = None  # fold here instead
         tail_state = self._new_state()
         head = LineReader(self.paths.events)
         first = head.read(64 << 10)
@@ -140,11 +159,54 @@ class Follower:
             self._carry(self.state, tail_state)
             self.state = tail_state
         self.load_fraction = 0.0
+        if self._job is None:
+            self._fold_here(behind)
+
+    def _fold_here(self, behind: tuple[RunState, LineReader] | None = None) -> None:
+        """Fold the whole history in this process behind the tail view (or go on with `behind`)."""
         if behind is None:
             full = self._new_state()
-            full.history.reserve(tail_state.step)
+            full.history.reserve(self.state.step)
             behind = (full, LineReader(self.paths.events))
         self._behind = behind
+
+    def _wait_job(self, wait: float = 0.05) -> bool:
+        """Wait a little for the folding process: its progress, then its result from the cache (swapped in); if
+        it failed, the history is folded here."""
+        job = self._job
+        assert job is not None and job.stdout is not None
+        ready, _, _ = select.select([job.stdout], [], [], wait)
+        if ready:
+            lines = os.read(job.stdout.fileno(), 4096).split()
+            if lines:
+                try:
+                    self.load_fraction = min(1.0, float(lines[-1]))
+                except ValueError:
+                    pass
+                with self.lock:
+                    self.state.touch("header")
+        code = job.poll()
+        if code is None:
+            return True
+        self._stop_job()
+        got = foldcache.load(self.cache_dir, self.paths.events, self._new_state()) if code == 0 else None
+        if got is None:
+            self._fold_here()
+            return True
+        state, position, inode = got
+        self._saved = position
+        self._swap_in(state, LineReader(self.paths.events, offset=position, inode=inode))
+        return True  # what was written since the job read the stream is read next
+
+    def _stop_job(self) -> None:
+        job, self._job = self._job, None
+        if job is None:
+            return
+        if job.poll() is None:
+            job.kill()
+        job.wait()
+        if job.stdout is not None:
+            job.stdout.close()
 
     def _fold_behind(self) -> bool:
         full, reader = self._behind  # type: ignore[misc]
@@ -172,6 +234,8 @@ class Follower:
             self.state = full
         self._reader = reader
         self.load_fraction = 1.0
+        if self.on_swap is not None:
+            self.on_swap()
 
     @staticmethod
     def _carry(old: RunState, new: RunState) -> None:
@@ -247,6 +311,7 @@ class Follower:
             if not more:
                 wait = interval() if callable(interval) else interval
                 stop.wait(wait * min(8, 1 + failures))
+        self._stop_job()
         try:
             self.save_cache(final=True)  # a console attaching later starts from here
         except Exception:  # noqa: BLE001 - leaving never fails for want of a cache

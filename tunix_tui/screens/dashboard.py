@@ -127,10 +127,19 @@ class DashboardScreen(Screen):
 
     async def on_mount(self) -> None:
         self.follower.clock = self.app.clock
+        self.follower.on_swap = self._redraw_now
         await self._build(self._mode_for(self.app.size.width, self.app.size.height))
         self.run_worker(self._follow, thread=True, exclusive=True, group="follow", exit_on_error=False,
                         name=f"follow {self.run_dir.name}")
         self.set_interval(self.app.redraw_interval, self.redraw)
+
+    def _redraw_now(self) -> None:
+        """From the following thread: a whole new state (the full history) is in, draw it without waiting for
+        the timer."""
+        try:
+            self.app.call_from_thread(self.redraw)
+        except Exception:  # noqa: BLE001 - the app is closing: nothing to draw
+            pass
 
     def on_unmount(self) -> None:
         self._stop.set()
