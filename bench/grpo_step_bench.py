@@ -10,6 +10,12 @@ Then, in a fresh process, the peak memory of one update step with 4 completions 
 tokens, beside the size the full [B, T, 262144] float32 logits tensor would have had.
 
     .venv/bin/python bench/grpo_step_bench.py [--steps 4] [--skip-update-memory]
+        [--tunix-peer /tmp/tunix_pkgs] [--trl-peer /tmp/refvenv/bin/python]
+
+The peers' figures in ANCHORS §5 were taken on a machine of this kind when its matrix products ran about twice as
+fast as some of ours do now; absolute times drift between these shared machines, so `--tunix-peer` and
+`--trl-peer` time the peers' own GRPO steps (bench/peers/*.py, same configuration) in this run, one after the
+other, and print the ratios measured now beside those to the recorded figures.
 """
 
 from __future__ import annotations
@@ -133,11 +139,26 @@ def update_memory(prompt: int = 256, completion: int = 256, batch: int = 4) -> d
             "shape": f"{batch} x ({prompt} + {completion})"}
 
 
+def run_peer(cmd: list[str], env: dict[str, str]) -> dict | None:
+    """The JSON line a peer script prints last, or None (with the reason printed) when it fails."""
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        print(f"  peer {Path(cmd[1]).name} failed: {(out.stderr or out.stdout).strip().splitlines()[-1:]}")
+        return None
+    return json.loads(lines[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4, help="measured steps after the warm-up step")
     parser.add_argument("--skip-update-memory", action="store_true")
     parser.add_argument("--update-memory-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tunix-peer", metavar="DIR", help="a folder with Tunix 0.1.7 + qwix importable "
+                        "(see bench/peers/tunix_grpo.py): also time Tunix's GRPO step in this run")
+    parser.add_argument("--trl-peer", metavar="PYTHON", help="an interpreter with torch, transformers, trl and peft "
+                        "(see bench/peers/trl_grpo.py): also time TRL's GRPO step in this run")
+    parser.add_argument("--peer-steps", type=int, default=3, help="measured steps of each peer")
     args = parser.parse_args()
     if args.update_memory_only:
         print(json.dumps(update_memory()))
@@ -162,6 +183,21 @@ def main() -> None:
               f"{gb / r['peak_gb']:.2f}x lighter")
     print(f"  targets: <= {TARGET_S:.0f} s/step {'met' if r['step_s'] <= TARGET_S else 'NOT met'}, "
           f"< {TARGET_GB:.0f} GB {'met' if r['peak_gb'] < TARGET_GB else 'NOT met'}")
+    peers_now = []
+    if args.tunix_peer:
+        peers_now.append(("Tunix 0.1.7", run_peer([sys.executable, str(ROOT / "bench/peers/tunix_grpo.py"),
+                                                    "--steps", str(args.peer_steps)],
+                                                   dict(os.environ, PYTHONPATH=args.tunix_peer))))
+    if args.trl_peer:
+        peers_now.append(("TRL", run_peer([args.trl_peer, str(ROOT / "bench/peers/trl_grpo.py"),
+                                           "--steps", str(args.peer_steps)], dict(os.environ, HF_HUB_OFFLINE="1"))))
+    for name, peer in peers_now:
+        if peer is None:
+            continue
+        phases = ", ".join(f"{k} {v:.2f} s" for k, v in peer.get("phases", {}).items())
+        print(f"  {name} measured in this run: {peer['s_per_step']:.2f} s/step ({phases}), peak "
+              f"{peer['peak_rss_gb']:.2f} GB -> ours {peer['s_per_step'] / r['step_s']:.2f}x faster, "
+              f"{peer['peak_rss_gb'] / r['peak_gb']:.2f}x lighter")
     if args.skip_update_memory:
         return
     out = subprocess.run([sys.executable, __file__, "--update-memory-only"], capture_output=True, text=True,
