@@ -79,6 +79,15 @@ def live_run(tmp_path: Path, run_id: str = "20260102-030405-fake") -> FakeEngine
     return eng
 
 
+def running_one_step(tmp_path: Path) -> tuple[FakeEngine, TunixApp]:
+    """A live run that has done its first step, and a console attached to it."""
+    eng = live_run(tmp_path)
+    eng.started(10)
+    eng.status("running")
+    eng.full_step(1)
+    return eng, make_app(tmp_path, attach=eng.paths.root)
+
+
 def dash(app: TunixApp) -> DashboardScreen:
     assert isinstance(app.screen, DashboardScreen), app.screen
     return app.screen
@@ -189,11 +198,7 @@ async def test_scroll_back_through_sample_groups_and_full_text(tmp_path: Path):
 
 
 async def test_pause_sends_the_command_and_the_label_flips_only_on_the_ack(tmp_path: Path):
-    eng = live_run(tmp_path)
-    eng.started(10)
-    eng.status("running")
-    eng.full_step(1)
-    app = make_app(tmp_path, attach=eng.paths.root)
+    eng, app = running_one_step(tmp_path)
     async with app.run_test(size=(100, 30)) as pilot:
         await drawn(pilot, app, lambda s: s.alive)
         await wait_until(pilot, lambda: "p Pause" in footer(app))
@@ -215,11 +220,7 @@ async def test_pause_sends_the_command_and_the_label_flips_only_on_the_ack(tmp_p
 
 
 async def test_checkpoint_and_stop_with_confirmation(tmp_path: Path):
-    eng = live_run(tmp_path)
-    eng.started(10)
-    eng.status("running")
-    eng.full_step(1)
-    app = make_app(tmp_path, attach=eng.paths.root)
+    eng, app = running_one_step(tmp_path)
     async with app.run_test(size=(100, 30)) as pilot:
         await drawn(pilot, app, lambda s: s.alive)
         await pilot.press("c")
