@@ -176,8 +176,8 @@ def main() -> None:
     print(f"  phases: rollout {ph['rollout']:.2f} s ({r['tokens_per_s']:.0f} tokens/s), rewards {ph['rewards']:.3f} s, "
           f"reference {ph['reference']:.2f} s, update {ph['update']:.2f} s")
     print(f"  peak resident memory of the process: {r['peak_gb']:.2f} GB")
-    print(f"  machine load average: {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (above ~1 other "
-          f"processes shared the {os.cpu_count()} cores: times are inflated)")
+    print(f"  machine load average: {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (this benchmark's own "
+          f"threads count up to {os.cpu_count()}; well above that, other work shared the cores and times are inflated)")
     for name, (secs, gb) in PEERS.items():
         print(f"  vs {name}: {secs:.1f} s and {gb:.1f} GB -> {secs / r['step_s']:.2f}x faster, "
               f"{gb / r['peak_gb']:.2f}x lighter")
