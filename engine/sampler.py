@@ -4,7 +4,8 @@ Prompts are left-padded to a bucketed length P (a power of two, at least `min_pr
 `max_prompt_length`) and the batch to a bucketed size, so a run compiles one prefill and one decode-chunk
 program per (batch bucket, prompt bucket, sampling mode). The cache holds P + max_new_tokens slots.
 
-* prefill: one forward pass over the prompt, logits only at the last position, first token sampled;
+* prefill: one forward pass over each distinct prompt (rows with the same prompt, as GRPO's G completions of one
+  prompt, share its cache), logits only at the last position, first token sampled per row;
 * decode: a `lax.while_loop` inside one jitted program (cache and output buffers donated) that runs until a step
   limit given as a traced argument or until every row has produced an EOS id. Partial output is obtained by
   calling the same program again with a later step limit, so `on_partial` costs no recompilation.
@@ -199,17 +200,31 @@ def _prepare(graphdef, state) -> infer.InferenceWeights:
     return infer.prepare(nnx.merge(graphdef, state))
 
 
+def _rows_of(cache: Cache, src: jax.Array, kv_heads: int) -> Cache:
+    """The cache of rows `src` ([b] indices) of a cache of u rows (each row is `kv_heads` consecutive entries)."""
+    def take(x: jax.Array) -> jax.Array:
+        rows, slots, dim = x.shape
+        return x.reshape(rows // kv_heads, kv_heads, slots, dim)[src].reshape(-1, slots, dim)
+    return Cache(tuple(take(k) for k in cache.k), tuple(take(v) for v in cache.v), cache.index)
+
+
 @functools.partial(jax.jit, static_argnums=(0,))
-def _prefill(st: _Static, params, tokens, pads, done, key, temperature, top_p) -> _Carry:
+def _prefill(st: _Static, params, tokens, pads, src, done, key, temperature, top_p) -> _Carry:
+    """Prefill the u distinct prompts `tokens` [u, P] once, then give each of the b rows the cache and the
+    last-position logits of its prompt (`src` [b]) and sample its first token."""
     mode = st.mode
-    b, p = tokens.shape
+    u, p = tokens.shape
+    b = src.shape[0]
     slots = jnp.arange(p, dtype=jnp.int32)
     positions = jnp.maximum(slots[None, :] - pads[:, None], 0)
-    cache = init_cache(st.cfg, b, p + mode.max_new, st.dtype)
+    cache = init_cache(st.cfg, u, p + mode.max_new, st.dtype)
     s = p + mode.max_new
     key_slots = jnp.arange(s, dtype=jnp.int32)
     mask = (key_slots[None, None, :] >= pads[:, None, None]) & (key_slots[None, None, :] <= slots[None, :, None])
     (logits, vocab_major), cache = _forward_logits(st, params, tokens, positions, mask, cache)
+    logits = logits[:, src] if vocab_major else logits[src]
+    cache = _rows_of(cache, src, st.cfg.num_kv_heads)
+    tokens, pads = tokens[src], pads[src]
     tok, lp = sample_logits(logits, jax.random.fold_in(key, 0), temperature, top_p, top_k=mode.top_k,
                             greedy=mode.greedy, use_top_p=mode.use_top_p, vocab_major=vocab_major)
     carry = _Carry(cache=cache, tokens=jnp.full((b, mode.max_new), mode.pad_id, jnp.int32),
@@ -249,7 +264,7 @@ class Sampler:
 
     def __init__(self, model: Gemma3, tokenizer: object | None = None, *, eos_ids: Sequence[int],
                  max_prompt_length: int, max_new_tokens: int, min_prompt_bucket: int = 32,
-                 min_batch_bucket: int = 1, fast_weights: bool | None = None):
+                 min_batch_bucket: int = 1, fast_weights: bool | None = None, share_prompts: bool = True):
         if max_prompt_length < 1 or max_new_tokens < 1:
             raise ValueError("max_prompt_length and max_new_tokens must be >= 1")
         if not eos_ids:
@@ -263,6 +278,7 @@ class Sampler:
         self.pad_id = int(getattr(tokenizer, "pad_id", 0))
         self.bos_id = int(getattr(tokenizer, "bos_id", 2))
         self.fast_weights = fast_weights
+        self.share_prompts = share_prompts   # prefill each distinct prompt once
         self._prepared: tuple[list, infer.InferenceWeights] | None = None
         self.programs: set[tuple] = set()  # (batch bucket, prompt bucket, mode) seen: one prefill + one decode each
 
@@ -288,8 +304,8 @@ class Sampler:
             raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
         temperature = float(temperature) if temperature > 0 else 1.0
         n = len(prompts)
-        tokens, pads, done = self._pack(prompts)
-        b, p_len = tokens.shape
+        tokens, pads, src, done = self._pack_shared(prompts)
+        b, p_len = len(src), tokens.shape[1]
         vocab = self.model.cfg.vocab_size
         mode = _Mode(max_new=self.max_new_tokens, top_k=int(top_k) if 0 < top_k < vocab else 0,
                      greedy=bool(greedy), use_top_p=(not greedy) and top_p < 1.0, eos_ids=self.eos_ids,
@@ -304,7 +320,8 @@ class Sampler:
             st, params = _Static(self.model.cfg, self.model.dtype, graphdef, mode), state
         key = jax.random.key(seed)
         t, tp = jnp.float32(temperature), jnp.float32(top_p)
-        carry = _prefill(st, params, jnp.asarray(tokens), jnp.asarray(pads), jnp.asarray(done), key, t, tp)
+        carry = _prefill(st, params, jnp.asarray(tokens), jnp.asarray(pads), jnp.asarray(src), jnp.asarray(done),
+                         key, t, tp)
         every = max(1, int(partial_every)) if on_partial is not None else self.max_new_tokens
         step = 1
         while step < self.max_new_tokens:
@@ -326,6 +343,23 @@ class Sampler:
     def release(self) -> None:
         """Drop the kept copy of the re-laid-out weights (rebuilt on the next call that needs it)."""
         self._prepared = None
+
+    def _pack_shared(self, prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`_pack` of the distinct prompts (each prefilled once: GRPO samples G completions of every prompt), and
+        for each row of the batch bucket the index of its prompt among them, and whether it is finished from the
+        start. Without `share_prompts` every row is its own prompt."""
+        n = len(prompts)
+        if self.share_prompts:
+            index: dict[tuple[int, ...], int] = {}
+            rows = [index.setdefault(tuple(p[-self.max_prompt_length:]), len(index)) for p in prompts]
+            distinct = [list(key) for key in index]
+        else:
+            rows, distinct = list(range(n)), prompts
+        tokens, pads, _ = self._pack(distinct)
+        b = self.batch_bucket(n)
+        src = np.zeros((b,), np.int32)   # filler rows (finished from the start) read prompt 0
+        src[:n] = rows
+        return tokens, pads, src, np.arange(b) >= n
 
     def _pack(self, prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Left-padded tokens [b, P], padding per row [b], rows finished from the start [b] (batch filler)."""

@@ -179,3 +179,22 @@ def test_prepared_weights_are_reused_only_while_the_weights_are_unchanged():
     s.release()
     assert s._prepared is None
     assert np.array_equal(s(prompts, greedy=True).tokens, changed.tokens)
+
+
+def test_rows_with_the_same_prompt_share_one_prefill_and_sample_as_if_separate(model, monkeypatch):
+    prompts = [PROMPTS[1], PROMPTS[1], PROMPTS[0], PROMPTS[1]]   # as GRPO's groups: repeated prompts
+    widths = []
+    prefill = sampler_mod._prefill
+    monkeypatch.setattr(sampler_mod, "_prefill", lambda st, params, tokens, *a: widths.append(tokens.shape[0]) or
+                        prefill(st, params, tokens, *a))
+    kw = dict(temperature=1.1, top_k=20, seed=5)
+    shared = _sampler(model)(prompts, **kw)
+    separate = _sampler(model, share_prompts=False)(prompts, **kw)
+    assert widths == [2, 4]   # two distinct prompts prefilled, then all four rows
+    assert np.array_equal(shared.tokens, separate.tokens) and np.array_equal(shared.lengths, separate.lengths)
+    np.testing.assert_allclose(shared.logprobs, separate.logprobs, atol=1e-5)
+    assert not np.array_equal(shared.tokens[0], shared.tokens[1])   # same prompt, own random draws
+    greedy = _sampler(model)(prompts, greedy=True)
+    for row, prompt in enumerate(prompts):
+        alone = _sampler(model)([prompt], greedy=True)
+        assert np.array_equal(greedy.tokens[row], alone.tokens[0])
