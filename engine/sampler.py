@@ -1,8 +1,9 @@
 """Batched KV-cache sampler for Gemma3.
 
 Prompts are left-padded to a bucketed length P (a power of two, at least `min_prompt_bucket`, at most
-`max_prompt_length`) and the batch to a bucketed size, so a run compiles one prefill and one decode-chunk
-program per (batch bucket, prompt bucket, sampling mode). The cache holds P + max_new_tokens slots.
+`max_prompt_length`) and the batch to a bucketed size, so a run compiles one decode-chunk program per (batch
+bucket, prompt bucket, sampling mode), and one prefill per those and the bucket of the number of distinct prompts
+(fixed in a GRPO run: its prompts per step). The cache holds P + max_new_tokens slots.
 
 * prefill: one forward pass over each distinct prompt (rows with the same prompt, as GRPO's G completions of one
   prompt, share its cache), logits only at the last position, first token sampled per row;
