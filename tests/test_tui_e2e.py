@@ -77,9 +77,10 @@ async def test_launch_quit_reattach_and_stop_with_the_real_engine(tmp_path: Path
             await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen) and app.screen.caught_up
                              and app.screen.state.alive, timeout=30)
             dash = app.screen
+            # the engine is still training: every step written so far shows up (later ones may come too)
             steps_on_disk = [e["step"] for e in read_events(run_dir / "events.jsonl") if e["type"] == "step"]
+            await wait_until(pilot, lambda: dash.state.history.count >= len(steps_on_disk), timeout=30)
             assert dash.state.history.step_range()[0] == 1  # the whole history, from the first step
-            assert dash.state.history.count >= len(steps_on_disk)
             await pilot.press("s")
             await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
             await pilot.press("y")
