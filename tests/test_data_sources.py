@@ -127,9 +127,10 @@ def test_shared_gsm8k_copy():
     splits = load_data("local", path=str(SHARED_GSM8K), val_fraction=0.05, seed=42)
     assert splits.sizes() == {"train": 7099, "validation": 374, "test": 1319}
     assert splits.total_dropped == 0
-    # The source's own test split keeps its order: the first test question is GSM8K's first.
-    assert splits.test[0].question.startswith("Janet’s ducks lay 16 eggs per day")
-    assert splits.test[0].answer == "18"
+    # The source's own test split keeps its order: the first test example is the file's first line.
+    first = json.loads((SHARED_GSM8K / "test.jsonl").open(encoding="utf-8").readline())
+    assert splits.test[0].question == first["question"].strip()
+    assert splits.test[0].answer == first["answer"].rsplit("####", 1)[1].strip()
 
 
 def _closed_port() -> int:
