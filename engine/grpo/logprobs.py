@@ -41,15 +41,20 @@ def token_logprobs(hidden: Array, embedding: Array, targets: Array, temperature:
     batch × sequence) whose logits exist at once. Returns two f32 [B, T] arrays; the log-probabilities are
     differentiable with respect to `hidden` and `embedding`, the entropy is not (stop-gradient).
     """
+    body = jax.checkpoint(partial(_chunk_stats, embedding, temperature, compute_entropy))
+    return map_position_chunks(body, hidden, targets, chunk_size)
+
+
+def map_position_chunks(fn, hidden: Array, targets: Array, chunk_size: int) -> tuple[Array, ...]:
+    """`fn((hidden [C, d], targets [C]))` over chunks of C = `chunk_size` of the B x T positions (the last chunk
+    padded), one after the other; each of its outputs ([C] or [C, ...]) is put back in [B, T, ...] order."""
     batch, length, dim = hidden.shape
     total = batch * length
     chunk = max(1, min(int(chunk_size), total))
     n_chunks = -(-total // chunk)
     pad = n_chunks * chunk - total
-    flat_h = jnp.pad(hidden.reshape(total, dim), ((0, pad), (0, 0)))
-    flat_t = jnp.pad(targets.reshape(total).astype(jnp.int32), (0, pad))
-    body = jax.checkpoint(partial(_chunk_stats, embedding, temperature, compute_entropy))
-    logp, entropy = jax.lax.map(body, (flat_h.reshape(n_chunks, chunk, dim), flat_t.reshape(n_chunks, chunk)))
-    logp = logp.reshape(-1)[:total].reshape(batch, length)
-    entropy = entropy.reshape(-1)[:total].reshape(batch, length)
-    return logp, entropy
+    flat_h = jnp.pad(hidden.reshape(total, dim), ((0, pad), (0, 0))).reshape(n_chunks, chunk, dim)
+    flat_t = jnp.pad(targets.reshape(total).astype(jnp.int32), (0, pad)).reshape(n_chunks, chunk)
+    outs = jax.lax.map(fn, (flat_h, flat_t))
+    return tuple(o.reshape(n_chunks * chunk, *o.shape[2:])[:total].reshape(batch, length, *o.shape[2:])
+                 for o in outs)

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from engine.grpo.logprobs import map_position_chunks
+
 
 VOCAB_BLOCK = 4096   # rows of the output layer per block of `probs @ embedding` (measured fastest on CPU)
 
@@ -52,18 +54,9 @@ def _chunk(embedding: Array, inv_t: float, chunk: tuple[Array, Array]) -> tuple[
 
 
 def _stats(hidden: Array, embedding: Array, targets: Array, temperature: float, chunk_size: int):
-    batch, length, dim = hidden.shape
-    total = batch * length
-    chunk = max(1, min(int(chunk_size), total))
-    n = -(-total // chunk)
-    pad = n * chunk - total
-    flat_h = jnp.pad(hidden.reshape(total, dim), ((0, pad), (0, 0))).reshape(n, chunk, dim)
-    flat_t = jnp.pad(targets.reshape(total).astype(jnp.int32), (0, pad)).reshape(n, chunk)
-    logp, entropy, grad = jax.lax.map(partial(_chunk, embedding, 1.0 / temperature), (flat_h, flat_t))
-    logp = logp.reshape(-1)[:total].reshape(batch, length)
-    entropy = entropy.reshape(-1)[:total].reshape(batch, length)
-    grad = grad.reshape(-1, dim)[:total].reshape(batch, length, dim).astype(hidden.dtype)
-    return logp, entropy, grad
+    logp, entropy, grad = map_position_chunks(partial(_chunk, embedding, 1.0 / temperature), hidden, targets,
+                                              chunk_size)
+    return logp, entropy, grad.astype(hidden.dtype)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))

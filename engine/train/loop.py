@@ -68,16 +68,6 @@ class TrainState:
     nonfinite_in_row: int = 0
 
 
-def release_sampler_weights(sampler: Any) -> None:
-    """Drop the sampler's re-laid-out weight copy (the size of the layer weights) until its next call: in training
-    the adapters change every step, so the copy would only be rebuilt, and meanwhile the update needs the memory."""
-    release = getattr(sampler, "release", None)
-    if callable(release):
-        release()
-    elif hasattr(sampler, "_prepared"):   # the sampler predates `release()`
-        sampler._prepared = None
-
-
 def step_seed(seed: int, step: int) -> int:
     """The sampling seed of a step: a pure function of (run seed, step), so a resumed run samples the same."""
     return int(np.random.SeedSequence([int(seed), int(step)]).generate_state(1)[0] & 0x7FFFFFFF)
@@ -383,13 +373,16 @@ class Trainer:
         t0 = time.perf_counter()
         examples = next(self.iterator)
         position = self.iterator.state_dict()
-        prompt_ids = [self.encoder.ids(e) for e in examples for _ in range(G)]
+        ids = [self.encoder.ids(e) for e in examples]
+        prompt_ids = [row for row in ids for _ in range(G)]
         on_partial = self._partial_callback(step, G) if p.logging.samples_per_step > 0 else None
         out = self.sampler(prompt_ids, temperature=p.generation.temperature, top_k=p.generation.top_k,
                            top_p=p.generation.top_p, seed=step_seed(p.run.seed, step), on_partial=on_partial,
                            partial_every=max(p.generation.partial_every, 1))
         texts = decode_completions(self.tokenizer, out.tokens, out.lengths, self.eos_ids)
-        release_sampler_weights(self.sampler)
+        # the adapters change every step, so the sampler's re-laid-out weight copy (the size of the layer weights)
+        # would only be rebuilt; meanwhile the update needs the memory
+        self.sampler.release()
         timer.add("rollout", time.perf_counter() - t0)
 
         # rewards ------------------------------------------------------------------------------------------------
@@ -402,7 +395,7 @@ class Trainer:
         timer.add("rewards", time.perf_counter() - t0)
 
         # reference (and old policy) log-probabilities ----------------------------------------------------------
-        prompt_tokens, prompt_valid = left_pad([self.encoder.ids(e) for e in examples], self.prompt_width,
+        prompt_tokens, prompt_valid = left_pad(ids, self.prompt_width,
                                                self.tokenizer.pad_id)   # one row per prompt, shared by its group
         C = out.tokens.shape[1]
         mask = (np.arange(C)[None, :] < out.lengths[:, None]).astype(np.float32)
@@ -538,7 +531,7 @@ class Trainer:
         result = evaluate(self._eval_sampler, self.encoder, questions, preset=p.eval.preset, split=split,
                           eos_ids=self.eos_ids, batch_size=min(batch, len(questions)), seed=p.run.seed,
                           on_progress=progress)
-        release_sampler_weights(self._eval_sampler)
+        self._eval_sampler.release()
         self.log.emit("eval", **result.payload(step))
         self.wandb.log_eval(step, split, {k: v for k, v in result.figures().items() if isinstance(v, (int, float))})
         return result

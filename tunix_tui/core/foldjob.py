@@ -25,22 +25,9 @@ def fold_into_cache(run_dir: Path, cache_dir: Path, history_capacity: int, progr
     when it was written. `progress(fraction)` is called after each block."""
     from tunix_tui.core.follower import Follower
 
-    follower = Follower(run_dir, cache_dir=cache_dir, history_capacity=history_capacity, tail_threshold=1 << 62,
-                        cache_bytes=1 << 62, chunk_bytes=32 << 20, fold_jobs=False)
-    size = follower._reader.size()
-    if size is None:
-        return False
-    follower._started = True
-    follower.cache_bytes = 0          # any cached state is worth starting from ...
-    follower._resume_cached(size)
-    follower.cache_bytes = 1 << 62    # ... and none is written on the way: only once, at the end
-    while follower.poll():
-        if progress is not None:
-            progress(follower.load_fraction)
-    follower.cache_bytes = 0
-    follower._saved = 0
-    follower.save_cache(final=True)
-    return follower._saved > 0
+    follower = Follower(run_dir, cache_dir=cache_dir, history_capacity=history_capacity, chunk_bytes=32 << 20,
+                        fold_jobs=False)
+    return follower.fold_to_cache(progress)
 
 
 def start(run_dir: Path, cache_dir: Path, history_capacity: int) -> subprocess.Popen:

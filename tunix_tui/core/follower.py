@@ -109,6 +109,22 @@ class Follower:
             self.save_cache()
         return more
 
+    def fold_to_cache(self, progress: Callable[[float], None] | None = None) -> bool:
+        """Fold the whole stream now, from a cached state that fits if there is one, and cache the result once at
+        the end (the work of `foldjob`); True when it was written. `progress(fraction)` follows each block."""
+        size = self._reader.size()
+        if size is None or self.cache_dir is None:
+            return False
+        self._started = True
+        self.tail_threshold = self.cache_bytes = 1 << 62   # no tail view, no cache writes on the way
+        self._resume_cached(size)
+        while self.poll():
+            if progress is not None:
+                progress(self.load_fraction)
+        self.cache_bytes = self._saved = 0
+        self.save_cache(final=True)
+        return self._saved > 0
+
     def _resume_cached(self, size: int) -> bool:
         """Start from the cached state of this stream, if there is one that fits it."""
         got = foldcache.load(self.cache_dir, self.paths.events, self._new_state())  # type: ignore[arg-type]
