@@ -1,4 +1,5 @@
-"""GRPO step benchmark on the real Gemma 3 270M (GGUF), the configuration of ../shared/ANCHORS.md §5.
+"""GRPO step benchmark on the real Gemma 3 270M (GGUF), the configuration of the peers' recorded figures
+(ANCHORS §5, kept with the developers' shared notes).
 
 One GSM8K prompt (the first training question) in the chat template x 4 completions x 128 new tokens, LoRA rank 8,
 beta 0.08, fp32, one iteration. The steps run through the engine's own training loop (`engine.train.loop.Trainer`)
@@ -10,7 +11,10 @@ Then, in a fresh process, the peak memory of one update step with 4 completions 
 tokens, beside the size the full [B, T, 262144] float32 logits tensor would have had.
 
     .venv/bin/python bench/grpo_step_bench.py [--steps 4] [--skip-update-memory]
-        [--tunix-peer /tmp/tunix_pkgs] [--trl-peer /tmp/refvenv/bin/python]
+        [--tunix-peer TUNIX_PKGS_DIR] [--trl-peer REFVENV/bin/python]
+
+The GSM8K question comes from $TUNIX_TUI_GSM8K (a folder holding train.jsonl), else from the developers' shared
+copy beside the repository (../shared/data/gsm8k).
 
 The peers' figures in ANCHORS §5 were taken on a machine of this kind when its matrix products ran about twice as
 fast as some of ours do now; absolute times drift between these shared machines, so `--tunix-peer` and
@@ -35,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-GSM8K = ROOT.parent / "shared" / "data" / "gsm8k"
+GSM8K = Path(os.environ.get("TUNIX_TUI_GSM8K") or ROOT.parent / "shared" / "data" / "gsm8k").expanduser()
 PEERS = {"TRL 1.16": (28.1, 4.2), "Tunix 0.1.7": (12.8, 10.5)}   # s/step, peak GB (ANCHORS.md §5)
 TARGET_S, TARGET_GB = 11.0, 4.0
 NEVER_EMITTED = 262143   # an unused vocabulary id: completions run the full 128 tokens
@@ -47,6 +51,8 @@ def peak_rss_gb() -> float:
 
 
 def first_question() -> dict:
+    if not (GSM8K / "train.jsonl").is_file():
+        sys.exit(f"no GSM8K train.jsonl in {GSM8K}: set TUNIX_TUI_GSM8K to a folder holding GSM8K's train.jsonl")
     with open(GSM8K / "train.jsonl", encoding="utf-8") as fh:
         return json.loads(fh.readline())
 

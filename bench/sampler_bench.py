@@ -3,7 +3,7 @@
     .venv/bin/python bench/sampler_bench.py            # fp32 and bf16, batch 1/8/32, median of 3 after a warm-up
     .venv/bin/python bench/sampler_bench.py --quick    # one run, fp32, 32 new tokens: a smoke test
 
-Setting (as the peers were measured, ../shared/ANCHORS.md §5): 64-token prompts, 128 new tokens, temperature 0.9,
+Setting (as the peers were measured, ANCHORS §5): 64-token prompts, 128 new tokens, temperature 0.9,
 top-k 50, no EOS (every row generates all 128 tokens). Weights: the real GGUF 270M when it loads, else random
 values of the same shapes (speed does not depend on the values). tokens/s = generated tokens / wall time of the
 whole call (prefill + decode). The limit per decode step is max(weight bytes / bandwidth, matmul FLOPs / matmul

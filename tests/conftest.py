@@ -9,8 +9,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-GSM8K = SHARED / "data" / "gsm8k"
+GSM8K_ENV = "TUNIX_TUI_GSM8K"
+
+
+def gsm8k_path() -> Path:
+    """A local GSM8K copy (a folder with train.jsonl and test.jsonl): $TUNIX_TUI_GSM8K, else the copy kept beside
+    the repository by the developers' set-up (../shared/data/gsm8k). Tests that need it skip without it."""
+    env = os.environ.get(GSM8K_ENV, "").strip()
+    return Path(env).expanduser() if env else ROOT.parent / "shared" / "data" / "gsm8k"
+
+
+GSM8K = gsm8k_path()
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -19,6 +28,16 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture
+def gsm8k_dir() -> Path:
+    """The local GSM8K folder (see `gsm8k_path`); skips the test, saying how to provide one, when it is absent."""
+    path = gsm8k_path()
+    if not (path / "train.jsonl").is_file() or not (path / "test.jsonl").is_file():
+        pytest.skip(f"no local GSM8K copy at {path}: set {GSM8K_ENV} to a folder holding train.jsonl and test.jsonl "
+                    "(README, 'GSM8K offline')")
+    return path
 
 
 def cli_cmd(*args: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Data sources: local files and folders, Hugging Face and Kaggle (offline), the shared GSM8K copy."""
+"""Data sources: local files and folders, Hugging Face and Kaggle (offline), a local GSM8K copy."""
 
 import csv
 import json
@@ -13,7 +13,6 @@ import pytest
 from engine.data import DataSourceError, load_data, load_source, rows_to_examples
 from engine.data.hub import read_huggingface, read_kaggle
 
-SHARED_GSM8K = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gsm8k"
 
 ROWS = [
     {"question": "Q1: 2+2?", "answer": "2+2=4\n#### 4"},
@@ -123,12 +122,12 @@ def test_unknown_source_and_empty_path():
         load_source("local", path="")
 
 
-def test_shared_gsm8k_copy():
-    splits = load_data("local", path=str(SHARED_GSM8K), val_fraction=0.05, seed=42)
+def test_local_gsm8k_copy(gsm8k_dir):
+    splits = load_data("local", path=str(gsm8k_dir), val_fraction=0.05, seed=42)
     assert splits.sizes() == {"train": 7099, "validation": 374, "test": 1319}
     assert splits.total_dropped == 0
     # The source's own test split keeps its order: the first test example is the file's first line.
-    first = json.loads((SHARED_GSM8K / "test.jsonl").open(encoding="utf-8").readline())
+    first = json.loads((gsm8k_dir / "test.jsonl").open(encoding="utf-8").readline())
     assert splits.test[0].question == first["question"].strip()
     assert splits.test[0].answer == first["answer"].rsplit("####", 1)[1].strip()
 

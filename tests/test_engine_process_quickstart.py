@@ -1,5 +1,6 @@
 """The quick-start profile end to end on the real Gemma 3 270M (GGUF) and built-in data, through `tunix-tui run`,
-then `tunix-tui eval` of its checkpoint on 20 GSM8K test questions from ../shared. Lengths are cut down
+then `tunix-tui eval` of its checkpoint on 20 GSM8K test questions of a local copy
+(the `gsm8k_dir` fixture: $TUNIX_TUI_GSM8K). Lengths are cut down
 (`generation.max_generation_steps=32`, `--max-tokens 32`) to keep the CPU time modest; the counting itself is
 tested in test_grpo_* / test_rewards_*."""
 
@@ -18,10 +19,9 @@ from engine.protocol import read_events
 pytestmark = [pytest.mark.slow, pytest.mark.real_weights]
 
 ROOT = Path(__file__).resolve().parent.parent
-GSM8K = ROOT.parent / "shared" / "data" / "gsm8k"
 
 
-def test_quickstart_trains_two_steps_then_its_checkpoint_is_evaluated_on_gsm8k(tmp_path):
+def test_quickstart_trains_two_steps_then_its_checkpoint_is_evaluated_on_gsm8k(tmp_path, gsm8k_dir):
     cmd = [sys.executable, "-m", "tunix_tui.cli", "--output-dir", str(tmp_path), "run", "profiles/quickstart.toml",
            "training.num_batches=2", "generation.max_generation_steps=32", "eval.final=false"]
     done = subprocess.run(cmd, cwd=ROOT, env=engine_env(), capture_output=True, text=True, timeout=1500)
@@ -47,12 +47,12 @@ def test_quickstart_trains_two_steps_then_its_checkpoint_is_evaluated_on_gsm8k(t
     assert [e["reason"] for e in events if e["type"] == "checkpoint"] == ["final"]
 
     evaluate = [sys.executable, "-m", "tunix_tui.cli", "eval", str(run), "--num-questions", "20", "--data",
-                str(GSM8K), "--max-tokens", "32"]
+                str(gsm8k_dir), "--max-tokens", "32"]
     done = subprocess.run(evaluate, cwd=ROOT, env=engine_env(), capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "step 2: accuracy" in done.stdout and "/20)" in done.stdout
     report = json.loads((run / "evals" / "step_2.json").read_text())
     assert report["total"] == 20 and len(report["questions"]) == 20 and report["split"] == "test"
-    first_test = json.loads((GSM8K / "test.jsonl").read_text().splitlines()[0])
+    first_test = json.loads((gsm8k_dir / "test.jsonl").read_text().splitlines()[0])
     assert report["questions"][0]["question"] == first_test["question"].strip()
     assert report["correct"] == sum(q["correct"] for q in report["questions"])

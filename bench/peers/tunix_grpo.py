@@ -9,17 +9,17 @@ completion runs the full 128 tokens), beta 0.08, one iteration, global-norm clip
 
 Prepare the package folder (nothing goes into the project venv; these are the versions it held):
 
-    /work/main/.venv/bin/pip install --no-deps --target /tmp/tunix_pkgs \
+    .venv/bin/pip install --no-deps --target TUNIX_PKGS_DIR \
         google-tunix==0.1.7 google-metrax==0.2.4 clu==0.0.12 einops==0.8.2 jaxtyping==0.3.11 \
         wadler_lindig==0.1.8 perfetto==0.59.1 tensorboardX==2.6.5 wrapt==2.5.2 pillow==13.0.0
-    /work/main/.venv/bin/pip install --no-deps --target /tmp/tunix_pkgs qwix==0.1.8   # LoRA
+    .venv/bin/pip install --no-deps --target TUNIX_PKGS_DIR qwix==0.1.8   # LoRA
 
 (the rest of Tunix's imports -- jax 0.10.2, flax, optax, orbax-checkpoint, sentencepiece, numpy, absl --
 come from the project venv).
 
 Run (from the repository root; the tokenizer comes from the offline GGUF through engine.weights.gguf):
 
-    PYTHONPATH=/tmp/tunix_pkgs /work/main/.venv/bin/python bench/peers/tunix_grpo.py [--steps 3]
+    PYTHONPATH=TUNIX_PKGS_DIR .venv/bin/python bench/peers/tunix_grpo.py [--steps 3]
 
 Progress goes to stderr; the last line on stdout is one JSON object:
 {"s_per_step", "steps", "phases": {"generation", "reference", "update"}, "peak_rss_gb", "config"}.

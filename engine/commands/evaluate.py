@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="decoding preset (default: the profile's eval.preset)")
     parser.add_argument("--split", choices=("test", "validation"), default="test")
     parser.add_argument("--data", default=None, help="evaluate on a local dataset instead of the run's own data "
-                        "(a JSONL/CSV/Parquet file or a folder with train.* and test.*, e.g. ../shared/data/gsm8k)")
+                        "(a JSONL/CSV/Parquet file or a folder with train.* and test.*, e.g. data/gsm8k)")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help="most tokens per answer (default: the profile's eval.max_generation_steps)")
     parser.add_argument("--output-dir", default="runs", help="where run ids are looked up (default: runs)")

@@ -14,8 +14,9 @@ from engine.data.local import read_local
 from engine.data.network import unreachable_reason
 
 LOCAL_ALTERNATIVE = ('Use a local copy instead: data.source = "local" with data.path = a JSONL/CSV/Parquet file or a '
-                     'folder with train/test files (e.g. "../shared/data/gsm8k"), or data.source = "builtin" for the '
-                     'generated word problems')
+                     'folder with train/test files (e.g. GSM8K saved once as train.jsonl and test.jsonl with the '
+                     '`datasets` package on a machine that has the network; the README shows how), or '
+                     'data.source = "builtin" for the generated word problems')
 
 _TRUE = {"1", "true", "yes", "on"}
 

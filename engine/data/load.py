@@ -49,8 +49,8 @@ def load_source(source: str, *, path: str | None = None, base_dir: str | Path | 
                                       f"{n_test} test)")
     if source == "local":
         if not path:
-            raise DataSourceError('local data: data.path is empty; set it to a file or folder, e.g. '
-                                  '"../shared/data/gsm8k"')
+            raise DataSourceError('local data: data.path is empty; set it to a JSONL/CSV/Parquet file or a folder '
+                                  'with train.* and test.* files, e.g. "data/gsm8k"')
         raw = read_local(path, base_dir=base_dir)
         description = f"local {path}"
     elif source == "huggingface":

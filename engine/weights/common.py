@@ -196,12 +196,11 @@ def as_float32(array: Any) -> np.ndarray:
 
 
 def cache_root() -> Path:
-    """Folder for derived files (dequantized weights, built tokenizers): $TUNIX_TUI_CACHE or ~/.cache/tunix-tui."""
-    env = os.environ.get("TUNIX_TUI_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "tunix-tui"
+    """Folder for derived files (dequantized weights, built tokenizers): $TUNIX_TUI_CACHE, else the user's cache
+    folder for tunix-tui (`engine.userdirs`)."""
+    from engine.userdirs import cache_dir
+
+    return cache_dir()
 
 
 def require_path(path: str | os.PathLike, what: str) -> Path:

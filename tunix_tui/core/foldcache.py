@@ -1,11 +1,11 @@
 """A persistent cache of folded run states: attaching again to a long run folds only what was written since.
 
-The cache lives in the user's cache folder (`$XDG_CACHE_HOME/tunix-tui/folds`, else `~/.cache/tunix-tui/folds`),
-never in the run directory: one private file per event stream, named after a hash of the stream's real path,
-holding the state folded up to a byte offset. It is used only for the same file (device and inode), at least that
-long, with the same bytes at its start and just before that offset, folded by the same code with the same history
-settings. Files are replaced atomically and read back with an unpickler that accepts only the run state's own
-classes; the newest `keep` files stay.
+The cache lives in the user's cache folder (`engine.userdirs.cache_dir()` / `folds`: `$TUNIX_TUI_CACHE`, else the
+platform's, e.g. `~/.cache/tunix-tui`), never in the run directory: one private file per event stream, named after a
+hash of the stream's real path, holding the state folded up to a byte offset. It is used only for the same file
+(device and inode), at least that long, with the same bytes at its start and just before that offset, folded by the
+same code with the same history settings. Files are replaced atomically and read back with an unpickler that accepts
+only the run state's own classes; the newest `keep` files stay.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ class _StateUnpickler(pickle.Unpickler):
 
 def default_dir() -> Path:
     """The user's cache folder for folded states."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "tunix-tui" / "folds"
+    from engine.userdirs import cache_dir
+
+    return cache_dir() / "folds"
 
 
 def _code() -> str:
