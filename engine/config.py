@@ -171,6 +171,8 @@ class LoggingSection:
     wandb_mode: str = spec("auto", "Weights & Biases: `auto` is online when a key is configured, else disabled.",
                            choices=("auto", "online", "offline", "disabled"))
     samples_per_step: int = spec(1, "Prompts per step whose whole group of completions is recorded.", min=0)
+    tensorboard: bool = spec(False, "Also write step metrics, per-reward rewards, evaluations and timings as "
+                             "TensorBoard scalars (and sample completions as text) into RUN/tensorboard/.")
 
 
 @dataclass

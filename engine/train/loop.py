@@ -185,6 +185,11 @@ class Trainer:
         self._build_training(profile)
         if resume_step is not None:
             self._restore(resume_step)
+        if profile.logging.tensorboard:  # a listener of the event stream, from run_started on
+            from engine.train.tensorboard_log import TensorBoardLogger
+
+            self.log.listeners.append(TensorBoardLogger(self.paths.root / "tensorboard",
+                                                        on_problem=lambda msg: self.log.info(msg, level="warning")))
         self.log.emit("run_started", run_id=self.paths.run_id, pid=os.getpid(), host=os.uname().nodename,
                       resumed=resume_step is not None, step=self.state.step, total_steps=self.total_steps,
                       profile=str(self.paths.profile))
