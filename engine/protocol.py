@@ -42,6 +42,10 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "error": ("message", "traceback", "fatal"),
     "control_ack": ("command", "id", "ok", "message"),
     "log": ("level", "message"),
+    "alert": ("step", "kind", "severity", "metric", "values", "message", "hint"),
+    "probe": ("step", "split", "preset", "probes"),
+    "system": ("step", "pid", "host", "cpu_count", "cpu_percent", "process_cpu_percent", "rss", "threads",
+               "devices"),
 }
 
 # Metric names a "step" event's `metrics` holds (floats; more may be added):
@@ -56,6 +60,15 @@ STEP_METRICS = (
 # {"device": str, "in_use": bytes, "peak": bytes, "limit": bytes or null} (on the CPU: the process's resident memory).
 # A "sample" event's `completions` are {"text", "rewards": {name: score}, "total", "advantage", "length",
 # "truncated"}; a "partial" event's `texts` are the completions generated so far for the first logged group.
+# An "alert" names what looks wrong (`kind`, one of ALERT_KINDS), the metric, the figures that triggered it
+# (`values`), a sentence and what to try (`hint`); `severity` is "warning" or "error". A "probe" event holds the
+# greedy answers to the fixed probe questions: `probes` are {"index", "question", "answer", "completion",
+# "extracted", "correct", "format_correct", "rewards": {name: score}, "total", "length", "truncated"}. A "system"
+# event describes the engine process after a step: `cpu_percent` per core of the machine (all processes),
+# `process_cpu_percent` the engine's own (100 = one core), `rss` bytes, and `devices` [{"device", "in_use", "peak",
+# "limit"} plus "utilization" (%), "power_w", "temperature_c" where NVML reports them].
+ALERT_KINDS = ("format_vs_accuracy", "kl_high", "kl_jump", "entropy_collapse", "truncation_high", "zero_spread_high",
+               "nonfinite", "reward_plateau")
 
 # Lifecycle states carried by "status" events; the last three end a run.
 STATUSES = ("starting", "loading", "compiling", "running", "paused", "checkpointing", "evaluating",

@@ -57,6 +57,9 @@ def memory_for(step: int) -> list[dict[str, Any]]:
 
 
 COMPLETION = ("<reasoning>Tom has 3 apples and buys 5 more, so 3 + 5 = 8.</reasoning>\n<answer>8</answer>")
+PROBE_QUESTIONS = ("Tom has 3 apples and buys 5 more. How many apples does he have?",
+                   "A box holds 4 rows of 3 eggs. How many eggs are in the box?",
+                   "Ana reads 2 pages a day for 8 days. How many pages does she read?")
 
 
 def completions_for(step: int, group: int = 4, rewards: tuple[str, ...] = BUILTIN_REWARDS) -> list[dict[str, Any]]:
@@ -161,6 +164,33 @@ class FakeEngine:
 
     def log(self, message: str, level: str = "info") -> None:
         self.emit("log", level=level, message=message)
+
+    def alert(self, step: int, kind: str = "kl_high", severity: str = "warning", metric: str = "kl",
+              values: dict[str, Any] | None = None, message: str = "KL 0.62 is above alerts.kl_max = 0.5",
+              hint: str = "raise grpo.beta or lower optimizer.learning_rate") -> None:
+        self.emit("alert", step=step, kind=kind, severity=severity, metric=metric,
+                  values=values if values is not None else {"kl": 0.62, "threshold": 0.5}, message=message, hint=hint)
+
+    def probe(self, step: int, answers: list[str] | None = None, *, split: str = "validation") -> None:
+        """A probe event: the greedy answers to fixed questions (`answers`: one extracted answer per question)."""
+        answers = answers if answers is not None else ["8", "12"]
+        probes = []
+        for i, extracted in enumerate(answers):
+            expected = str(8 + 4 * i)
+            correct = extracted == expected
+            rewards = {name: (1.0 if correct else 0.0) + 0.5 * j for j, name in enumerate(BUILTIN_REWARDS)}
+            probes.append({"index": i, "question": PROBE_QUESTIONS[i % len(PROBE_QUESTIONS)], "answer": expected,
+                           "completion": f"<reasoning>Step {step}: I count {extracted}.</reasoning>\n"
+                                         f"<answer>{extracted}</answer>",
+                           "extracted": extracted, "correct": correct, "format_correct": True, "rewards": rewards,
+                           "total": sum(rewards.values()), "length": 20 + i, "truncated": False})
+        self.emit("probe", step=step, split=split, preset="greedy", probes=probes)
+
+    def system(self, step: int, *, cores: int = 4) -> None:
+        self.emit("system", step=step, pid=4242, host="testhost", cpu_count=cores,
+                  cpu_percent=[round(20.0 + 15 * ((step + c) % 5), 1) for c in range(cores)],
+                  process_cpu_percent=180.0 + step % 7, rss=int(3.1e9 + 1e7 * (step % 10)), threads=12,
+                  devices=[{"device": "cpu:0", "in_use": int(3.0e9), "peak": int(3.4e9), "limit": int(24e9)}])
 
     def full_step(self, step: int, total: int = 10, *, sample: bool = True) -> None:
         """The events of one training step: phases, partial text, metrics, a sample group."""

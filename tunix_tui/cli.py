@@ -68,6 +68,18 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    import json
+
+    from tunix_tui.core.show import render, report
+    run = resolve_run(args.run, args.output_dir)
+    if run is None:
+        return _fail(f"no run {args.run!r} (give a run directory or an id under {args.output_dir}/)")
+    r = report(run)
+    print(json.dumps(r, indent=2 if args.pretty else None) if args.json else render(r))
+    return EXIT_OK
+
+
 def _hms(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
@@ -218,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("ls", help="list runs with their status")
 
+    p = sub.add_parser("show", help="a one-shot summary of a run: status, step, metrics, evaluations, alerts, "
+                       "checkpoints (for scripts and cron)")
+    p.add_argument("run", help="run directory or run id")
+    p.add_argument("--json", action="store_true", help="one JSON object (schema: tunix_tui/core/show.py)")
+    p.add_argument("--pretty", action="store_true", help="indent the JSON")
+
     p = sub.add_parser("run", help="start a training run (headless: one line per step)")
     p.add_argument("profile")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. training.micro_batch_size=1")
@@ -253,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                 args = parser.parse_args(argv[:idx])
                 return fn(args, argv[idx + 1:])
     args = parser.parse_args(argv)
-    handlers = {"validate": cmd_validate, "ls": cmd_ls, "run": cmd_run, "resume": cmd_resume, "ctl": cmd_ctl,
+    handlers = {"validate": cmd_validate, "ls": cmd_ls, "show": cmd_show, "run": cmd_run, "resume": cmd_resume,
+                "ctl": cmd_ctl,
                 "attach": cmd_console, None: cmd_console}
     try:
         return handlers[args.command](args)

@@ -24,7 +24,7 @@ from tunix_tui.core.history import StepHistory
 from tunix_tui.core.reader import line_step, read_line_at
 from tunix_tui.core.text import printable, profile_label
 
-PARTS = ("header", "train", "system", "eval", "samples", "log", "control")
+PARTS = ("header", "train", "system", "eval", "samples", "log", "control", "alerts", "probes")
 
 
 @dataclass(slots=True)
@@ -268,6 +268,10 @@ class RunState:
     feed: deque = field(default_factory=lambda: deque(maxlen=400))
     step_times: deque = field(default_factory=lambda: deque(maxlen=32))
     partial: dict[str, Any] | None = None
+    alerts: deque = field(default_factory=lambda: deque(maxlen=500))  # alert events (dicts), newest last
+    alert_count: int = 0  # every alert of the run, the ones dropped from `alerts` included
+    probes: deque = field(default_factory=lambda: deque(maxlen=200))  # probe events (dicts), newest last
+    system: dict[str, Any] | None = None  # the latest system event
     # control
     paused: bool = False
     stopping: bool = False
@@ -409,6 +413,7 @@ class RunState:
         step_lines: list[bytes] = []  # step lines read but not folded yet, and their file offsets
         step_offsets: list[int] = []
         last_partial: tuple[int, int] | None = None  # (begin, end) of the last partial line in `data`
+        last_system: tuple[int, int] | None = None  # (begin, end) of the last system line in `data`
         deferred: tuple[int, int] | None = None  # the last "running" status that changes only the phase
         running = self.status == "running" and not self.paused
         skimmed = 0  # events counted without being parsed
@@ -452,6 +457,11 @@ class RunState:
                     skimmed += 1
                     pos = nl + 1
                     continue
+                elif startswith(b'system"', i):  # one per step: only the latest matters
+                    last_system = (pos, nl)
+                    skimmed += 1
+                    pos = nl + 1
+                    continue
             elif nl == pos or data[pos:nl].isspace():
                 pos = nl + 1
                 continue
@@ -485,6 +495,15 @@ class RunState:
             self.partial = None
             self._partial_raw = None
             self.touch("samples")
+        if last_system is not None:
+            ev = parse(data[last_system[0]:last_system[1]])
+            if ev is None:
+                self._skip("not an event: unreadable system event")
+            else:
+                try:
+                    self._on_system(ev, start + last_system[0])
+                except (TypeError, ValueError, AttributeError, KeyError) as exc:
+                    self._skip(f"bad system event: {exc}")
         if last_partial is not None:
             raw = data[last_partial[0]:last_partial[1]]
             pstep = line_step(raw)
@@ -729,6 +748,35 @@ class RunState:
         self._feed(ev, kind, str(ev.get("message") or ""))
         self.touch("log")
 
+    def _on_alert(self, ev: dict[str, Any], offset: int | None) -> None:
+        values = ev.get("values")
+        alert = {"t": _num(ev.get("t")), "step": int(ev.get("step") or 0), "kind": str(ev.get("kind") or "alert"),
+                 "severity": "error" if ev.get("severity") == "error" else "warning",
+                 "metric": printable(str(ev.get("metric") or "")),
+                 "values": {str(k): v for k, v in values.items()} if isinstance(values, dict) else {},
+                 "message": printable(str(ev.get("message") or "")), "hint": printable(str(ev.get("hint") or ""))}
+        self.alerts.append(alert)
+        self.alert_count += 1
+        self._feed(ev, "warning" if alert["severity"] == "warning" else "error",
+                   f"alert at step {alert['step']}: {alert['message']}")
+        self.touch("alerts", "header", "log")
+
+    def _on_probe(self, ev: dict[str, Any], offset: int | None) -> None:
+        probes = ev.get("probes")
+        if not isinstance(probes, list):
+            raise TypeError("probes is not a list")
+        self.probes.append({"step": int(ev.get("step") or 0), "t": _num(ev.get("t")),
+                            "probes": [p for p in probes if isinstance(p, dict)]})
+        self.touch("probes")
+
+    def _on_system(self, ev: dict[str, Any], offset: int | None) -> None:
+        self.system = ev
+        if isinstance(ev.get("host"), str) and ev["host"]:
+            self.host = ev["host"]
+        if isinstance(ev.get("pid"), int):
+            self.pid = ev["pid"]
+        self.touch("system")
+
     def _feed(self, ev: dict[str, Any], kind: str, text: str) -> None:
         self.feed.append(FeedLine(_num(ev.get("t")) or 0.0, kind, printable(text)))
 
@@ -745,4 +793,7 @@ _HANDLERS: dict[str, Callable[[RunState, dict[str, Any], int | None], None]] = {
     "log": RunState._on_log,
     "sample": RunState._on_sample,
     "partial": RunState._on_partial,
+    "alert": RunState._on_alert,
+    "probe": RunState._on_probe,
+    "system": RunState._on_system,
 }
