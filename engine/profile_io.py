@@ -213,6 +213,104 @@ def dumps(profile: Profile, *, only_changed: bool = False) -> str:
     return tomli_w.dumps(to_dict(profile, only_changed=only_changed))
 
 
+def toml_literal(value: Any) -> str:
+    """A value as TOML text the way a person writes it (`1e-5` rather than `1e-05`)."""
+    if isinstance(value, float) and value == value and value not in (float("inf"), float("-inf")):
+        text = repr(value)
+        if "e" in text:
+            mantissa, exp = text.split("e")
+            text = f"{mantissa}e{int(exp)}"
+        return text
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_literal(v) for v in value) + "]"
+    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
+
+
+def _toml_item(value: Any, literal: str | None, old: Any) -> Any:
+    """A tomlkit item for a new value: spelled as the person typed it when that text means the same value, in the
+    old string's style (literal quotes, several lines) for strings."""
+    import tomlkit
+    from tomlkit.items import String, StringType
+
+    if literal is not None:
+        try:
+            item = tomlkit.parse(f"v = {literal.strip()}\n")["v"]
+        except Exception:  # noqa: BLE001 - tomlkit raises several kinds: fall through to our own spelling
+            item = None
+        if item is not None and _same_value(item.unwrap() if hasattr(item, "unwrap") else item, value):
+            return item
+    if isinstance(value, str):
+        multiline = "\n" in value or (isinstance(old, String) and old.type.is_multiline())
+        literal_style = isinstance(old, String) and old.type in (StringType.SLL, StringType.MLL) and "'" not in value
+        if literal_style and multiline and "'''" in value:
+            literal_style = False
+        return tomlkit.string(value, literal=literal_style, multiline=multiline)
+    if isinstance(value, (float, list)) and not isinstance(value, bool):
+        return tomlkit.parse(f"v = {toml_literal(value)}\n")["v"]
+    return tomlkit.item(value)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def update_toml(text: str, changes: dict[str, Any], *, remove: Iterable[str] = (),
+                literals: dict[str, str] | None = None) -> str:
+    """Edit a profile's TOML text in place: set each dotted key of `changes` and delete each key of `remove`,
+    leaving every other byte as it was (comments, key order, number spelling, explicit defaults, one-line arrays).
+
+    A key the file sets through a root-level name of the reference project (`seed = 1`) is changed there.
+    `literals` holds the text a person typed for a key (`2e-5`), kept when it means the value. New keys go at the end
+    of their section; a new section at the end of the file. Raises ValueError when `text` is not valid TOML."""
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+
+    literals = literals or {}
+    try:
+        doc = tomlkit.parse(text)
+    except (TOMLKitError, ValueError) as exc:
+        raise ValueError(f"not valid TOML: {exc}") from None
+    for key in remove:
+        section, _, name = key.partition(".")
+        if not name:
+            if section in doc:
+                del doc[section]
+        elif section in doc and hasattr(doc[section], "keys") and name in doc[section]:
+            del doc[section][name]
+    legacy = {v: k for k, v in LEGACY_KEYS.items()}
+    for key, value in changes.items():
+        section, _, name = key.partition(".")
+        literal = literals.get(key)
+        done = False
+        root = legacy.get(key)
+        if root is not None and root in doc:  # `seed = 1` at the root: change it there
+            doc[root] = _toml_item(value, literal, doc.item(root))
+            done = True
+        if key == "logging.wandb_mode" and "wandb_disabled" in doc:
+            if value in ("disabled", "auto"):
+                doc["wandb_disabled"] = value == "disabled"
+                done = True
+            else:
+                del doc["wandb_disabled"]
+        table = doc.get(section)
+        if table is not None and hasattr(table, "keys") and (name in table or not done):
+            old = table.item(name) if name in table and hasattr(table, "item") else table.get(name)
+            table[name] = _toml_item(value, literal, old)
+        elif table is None and not done:
+            new = tomlkit.table()
+            new[name] = _toml_item(value, literal, None)
+            body = doc.as_string()
+            if body.strip() and not body.endswith("\n\n"):
+                doc.add(tomlkit.nl())
+            doc[section] = new
+    out = doc.as_string()
+    return out
+
+
 def save_profile(profile: Profile, path: str | os.PathLike, *, only_changed: bool = True) -> None:
     """Write a profile atomically (only what differs from the defaults, unless told otherwise)."""
     path = Path(path)

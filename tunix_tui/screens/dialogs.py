@@ -1,4 +1,4 @@
-"""Small modal screens: confirm, ask for a file name, show a text (TOML, help), show a completion in full."""
+"""Small modal screens: confirm, choose among answers, ask for a file name, show a text (TOML, help), show a completion in full."""
 
 from __future__ import annotations
 
@@ -41,6 +41,42 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
+
+
+class ChoiceScreen(ModalScreen[str | None]):
+    """One of several answers: each is a button with its own key; escape answers None."""
+
+    BINDINGS = [Binding("escape", "answer(None)", "Cancel")]
+
+    def __init__(self, question: str, detail: str, choices: list[tuple[str, str, str]]):
+        """`choices`: (answer, button label, key) each."""
+        super().__init__(classes="dialog-screen")
+        self.question, self.detail, self.choices = question, detail, choices
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question, classes="dialog-title")
+            if self.detail:
+                yield Static(self.detail, classes="dialog-detail")
+            with Horizontal(classes="dialog-buttons"):
+                for answer, label, key in self.choices:
+                    yield Button(f"{label} ({key})", id=f"choice-{answer}")
+
+    def on_mount(self) -> None:
+        self.query(Button).last().focus()
+
+    def on_key(self, event: Any) -> None:
+        for answer, _, key in self.choices:
+            if event.key == key:
+                event.stop()
+                self.dismiss(answer)
+                return
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss((event.button.id or "")[len("choice-"):] or None)
+
+    def action_answer(self, answer: str | None) -> None:
+        self.dismiss(answer)
 
 
 class PromptScreen(ModalScreen[str | None]):

@@ -8,14 +8,19 @@ under the row in the command line's words; the focused key's help text shows at 
 from __future__ import annotations
 
 import dataclasses
+import os
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.syntax import Syntax
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.app import SuspendNotSupported
 from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widget import Widget
@@ -23,10 +28,11 @@ from textual.widgets import ContentSwitcher, Footer, Input, Label, OptionList, S
 from textual.widgets.option_list import Option
 
 from engine.config import FieldInfo, Profile
-from engine.profile_io import Problem, ProfileError
+from engine.profile_io import Problem, ProfileError, toml_literal
 
 from tunix_tui.core.form import ProfileForm, value_text
-from tunix_tui.screens.dialogs import ConfirmScreen, PromptScreen, TextScreen
+from tunix_tui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen, TextScreen
+from tunix_tui.widgets.header import resolve
 
 
 
@@ -49,6 +55,41 @@ def key_of(widget_id_: str | None) -> str | None:
     if not widget_id_ or not widget_id_.startswith("in-"):
         return None
     return widget_id_[3:].replace("--", ".")
+
+
+def diff_text(form: ProfileForm, variables: dict[str, str]) -> Text:
+    """The profile against the shipped defaults, key by key, as a diff: `-` the default, `+` the profile's value;
+    keys the file sets to their default value and keys the schema does not know are listed too."""
+    removed, added = resolve("$text-error", variables), resolve("$text-success", variables)
+    t = Text()
+    name = form.path.name if form.path else "(new profile)"
+    t.append(f"{name} against the defaults of this version (engine/config.py); * marks unsaved edits\n",
+             style="dim")
+    section = ""
+    explicit = []
+    for key, default, value, how in form.differences():
+        fi = form.fields[key]
+        if how == "explicit":
+            explicit.append(key)
+            continue
+        if fi.section != section:
+            section = fi.section
+            t.append(f"\n[{section}]\n", style="bold")
+        mark = "  *" if form.is_dirty(key) else ""
+        t.append(f"- {fi.name} = {toml_literal(default)}\n", style=removed)
+        shown = toml_literal(value) if not isinstance(value, str) or fi.type == "str" else value
+        t.append(f"+ {fi.name} = {shown}{mark}\n", style=added)
+    if section == "":
+        t.append("\nevery key has its default value\n")
+    if explicit:
+        t.append("\nset in the file to their default value: ", style="bold")
+        t.append(", ".join(explicit) + "\n")
+    unknown = form.unknown_keys()
+    if unknown:
+        t.append("\nnot in the schema (saving asks whether to keep them):\n", style="bold")
+        for p in unknown:
+            t.append(f"? {p}\n", style=resolve("$text-warning", variables))
+    return t
 
 
 class FieldRow(Vertical):
@@ -115,6 +156,8 @@ class EditorScreen(Screen):
         Binding("f4", "view_toml", "TOML"),
         Binding("f5", "launch", "Launch"),
         Binding("f6", "revert", "Revert"),
+        Binding("f7,ctrl+e", "external_editor", "$EDITOR"),
+        Binding("f8", "diff", "Diff"),
         Binding("escape", "back", "Back"),
         Binding("f1", "help", "Help"),
     ]
@@ -155,8 +198,9 @@ class EditorScreen(Screen):
             docs = section_docs()
             rows = [FieldRow(fi, self.form, getattr(self.app, "cursor_blink", True))
                     for fi in self.form.fields.values() if fi.section == name]
-            box = VerticalScroll(Label(Text.assemble((f"[{name}]", "bold"), f"  {docs.get(name, '')}"),
-                                       classes="section-title"), *rows, id=sid, classes="section-form")
+            title = Label(Text.assemble((f"[{name}]", "bold"), f"  {docs.get(name, '')}"), classes="section-title")
+            # not a focus stop itself: tab and shift+tab go from field to field and to the section list
+            box = VerticalScroll(title, *rows, id=sid, classes="section-form", can_focus=False)
             await switcher.mount(box)
             self.refresh_state()
             self.call_after_refresh(self.refresh_state)
@@ -303,24 +347,62 @@ class EditorScreen(Screen):
 
     # -- actions -----------------------------------------------------------------------------------------------
 
-    def _save_to(self, path: Path) -> bool:
+    def _save_to(self, path: Path, drop_unknown: bool = False) -> bool:
         try:
-            saved = self.form.save(path)
+            saved = self.form.save(path, drop_unknown=drop_unknown)
         except ProfileError as err:
             self.notify(f"not saved: {len(err.problems)} problem(s), e.g. {err.problems[0]}", severity="error")
             return False
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             self.notify(f"not saved: {exc}", severity="error")
             return False
-        self.refresh_state()
-        self.notify(f"saved {saved} (only what differs from the defaults)")
+        self._sync_widgets()
+        kept = len(self.form.unknown_keys())
+        extra = f"; {kept} unknown key(s) kept" if kept else ""
+        self.notify(f"only the edited keys changed{extra}", title=f"saved {saved.name}")
         return True
+
+    def save_flow(self, target: Path, then: Callable[[], None] | None = None) -> None:
+        """Save to `target`, asking first what to do with keys the schema does not know, or before replacing a
+        file that is not valid TOML; `then` runs after a successful save."""
+        errors = self.form.errors()
+        if errors:
+            first = next(iter(errors.values()))
+            self.notify(f"not saved: {len(errors)} problem(s), e.g. {first}", severity="error")
+            return
+
+        def save(drop: bool) -> None:
+            if self._save_to(target, drop) and then is not None:
+                then()
+
+        if self.form.source_error:
+            def replace(yes: bool | None) -> None:
+                if yes:
+                    save(False)
+            self.app.push_screen(ConfirmScreen(
+                "The file is not valid TOML", f"{self.form.source_error}\nSaving writes the profile fresh from "
+                "the form (the file's comments and text are lost). Fix it in your editor instead (f7)?",
+                yes="Write fresh"), replace)
+            return
+        unknown = self.form.unknown_keys()
+        if unknown:
+            def answer(choice: str | None) -> None:
+                if choice in ("keep", "drop"):
+                    save(choice == "drop")
+            listing = "\n".join(f"  {p}" for p in unknown[:8]) + ("\n  …" if len(unknown) > 8 else "")
+            self.app.push_screen(ChoiceScreen(
+                f"The file has {len(unknown)} key(s) the schema does not know", listing + "\nKept, they stay in the "
+                "file as they are (and the profile fails to validate until they are fixed); dropped, they are "
+                "deleted from it.", [("keep", "Keep", "k"), ("drop", "Drop", "d"), ("cancel", "Cancel", "c")]),
+                answer)
+            return
+        save(False)
 
     def action_save(self) -> None:
         if self.form.path is None:
             self.action_save_as()
             return
-        self._save_to(self.form.path)
+        self.save_flow(self.form.path)
 
     def action_save_as(self) -> None:
         path = self.form.path
@@ -332,21 +414,77 @@ class EditorScreen(Screen):
             target = Path(name).expanduser()
             if target.suffix != ".toml":
                 target = target.with_suffix(".toml")
+
+            def save() -> None:
+                if self.form.values["run.name"] != target.stem:
+                    self.form.name_after(target)  # the copy's runs are named after it
+                    self._sync_widgets()
+                self.save_flow(target)
             if target.exists() and target != self.form.path:
                 def confirm(yes: bool | None) -> None:
                     if yes:
-                        self._save_to(target)
+                        save()
                 self.app.push_screen(ConfirmScreen(f"Replace {target}?", yes="Replace"), confirm)
                 return
-            self._save_to(target)
-        self.app.push_screen(PromptScreen("Save the profile as", suggestion), chosen)
+            save()
+        self.app.push_screen(PromptScreen("Save the profile as", suggestion,
+                                          "enter to accept, escape to cancel; run.name takes the new name"), chosen)
 
     def action_view_toml(self) -> None:
-        text = self.form.toml(only_changed=True) or "# every key has its default value\n"
+        try:
+            text = self.form.text_to_save()
+        except ValueError as exc:
+            text = f"# cannot show: {exc}\n"
         dark = self.app.current_theme.dark
-        body = Syntax(self.form.header + text, "toml", theme="monokai" if dark else "default",
+        body = Syntax(text or "# every key has its default value\n", "toml", theme="monokai" if dark else "default",
                       background_color="default")
-        self.app.push_screen(TextScreen("As saved (only what differs from the defaults)", body))
+        where = "the file edited in place" if self.form.source is not None else "a new file"
+        self.app.push_screen(TextScreen(f"As saved ({where})", body))
+
+    def action_diff(self) -> None:
+        self.app.push_screen(TextScreen("Differences from the shipped defaults", diff_text(self.form,
+                                        self.app.theme_variables)))
+
+    def action_external_editor(self) -> None:
+        """Open the file in $VISUAL / $EDITOR (the console steps aside), then read it back and check it."""
+        path = self.form.path
+        if path is None:
+            return
+        if self.form.dirty:
+            def answer(yes: bool | None) -> None:
+                if yes:
+                    self.save_flow(path, then=lambda: self.call_after_refresh(self._edit_outside, path))
+            self.app.push_screen(ConfirmScreen(
+                f"Save {len(self.form.dirty_keys())} unsaved change(s) first?",
+                "The editor opens the file as saved.", yes="Save and open"), answer)
+            return
+        if not path.exists():
+            if not self._save_to(path):
+                return
+        self._edit_outside(path)
+
+    def _edit_outside(self, path: Path) -> None:
+        command = shlex.split(os.environ.get("VISUAL") or os.environ.get("EDITOR") or "") or [
+            next((e for e in ("nano", "vi") if shutil.which(e)), "vi")]
+        try:
+            with self.app.suspend():
+                rc = subprocess.call([*command, str(path)])
+        except SuspendNotSupported:
+            self.notify("this terminal cannot hand over to an editor", severity="error")
+            return
+        except OSError as exc:
+            self.notify(f"cannot run {command[0]}: {exc}", severity="error")
+            return
+        try:
+            self.form.reload()
+        except (OSError, UnicodeDecodeError) as exc:
+            self.notify(f"cannot read {path} again: {exc}", severity="error")
+            return
+        self._sync_widgets()
+        problems = self.form.problems()
+        status = f"{len(problems)} problem(s), e.g. {problems[0]}" if problems else "valid"
+        self.notify(f"read {path.name} again ({command[0]} exited {rc}): {status}",
+                    severity="warning" if problems else "information")
 
     def action_revert(self) -> None:
         if not self.form.dirty:
@@ -383,8 +521,12 @@ class EditorScreen(Screen):
         self.app.push_screen(TextScreen("Help", HELP))
 
     def palette_actions(self) -> list[tuple[str, str, str]]:
-        return [("Save the profile", "writes only what differs from the defaults", "save"),
-                ("Save the profile as…", "", "save_as"), ("View the profile as TOML", "", "view_toml"),
+        return [("Save the profile", "only the edited keys change in the file", "save"),
+                ("Save the profile as…", "run.name takes the new name", "save_as"),
+                ("View the profile as TOML", "as saving writes it", "view_toml"),
+                ("Open the file in $EDITOR", "the console steps aside; the file is checked on return",
+                 "external_editor"),
+                ("Differences from the shipped defaults", "", "diff"),
                 ("Launch a run of this profile", "unsaved edits are passed as overrides", "launch"),
                 ("Revert to the saved file", "", "revert"), ("Back", "", "back")]
 
@@ -394,11 +536,13 @@ Profile editor keys
 
   tab / shift+tab   next / previous field (the section list on the left is part of the cycle)
   ↑ ↓ (in the list) show another section; enter jumps into its fields
-  f2, ctrl+s        save (writes only what differs from the defaults)
-  f3                save as another file
-  f4                view the profile as TOML
+  f2, ctrl+s        save: only the edited keys change in the file (comments, order and spelling stay)
+  f3                save as another file (run.name takes the new name)
+  f4                view the profile as TOML, as saving writes it
   f5                launch a run (unsaved edits are passed as overrides; the file stays as it is)
   f6                revert to the saved file
+  f7, ctrl+e        open the file in $VISUAL / $EDITOR; it is read and checked again on return
+  f8                differences from the shipped defaults
   escape            back (asks when there are unsaved changes)
   f10               light / dark theme
 
