@@ -74,15 +74,21 @@ class DataSection:
     val_fraction: float = spec(0.05, "Share of the training split held out for validation.", min=0.0, max=0.9)
     builtin_difficulty: int = spec(2, "Built-in problems: 1 (one step, small numbers) to 5 (five steps).",
                                    min=1, max=5)
-    builtin_size: int = spec(2000, "Built-in problems: number of training problems generated.", min=10)
+    builtin_size: int = spec(2000, "Built-in problems: number of training problems generated.", min=10,
+                             max=100000)
     shuffle: bool = spec(True, "Shuffle the training data (deterministic by `run.seed`).")
 
 
 @dataclass
 class PromptSection:
-    """The prompt around each question (Gemma chat template; instructions go in the user turn)."""
-    instructions: str = spec("", "Instruction text before the question; empty uses the built-in text asking for "
-                             "<reasoning>…</reasoning> then <answer>…</answer>.", multiline=True)
+    """The prompt around each question: a chat turn for instruction-tuned weights, a worked list for base ones."""
+    template: str = spec("auto", "`chat` (Gemma's chat turn, for instruction-tuned `-it` weights), `completion` "
+                         "(two worked examples then the question, for pretrained weights such as the offline GGUF), "
+                         "`auto` (chosen from the weights' name), or a template of your own with `{question}` and "
+                         "`{instructions}`.", multiline=True)
+    instructions: str = spec("", "Instruction text before the question; empty uses the template's built-in text "
+                             "(the answer format: working in reasoning tags, then one number in answer tags).",
+                             multiline=True)
 
 
 @dataclass
@@ -114,13 +120,15 @@ class GrpoSection:
 class GenerationSection:
     """Sampling of rollouts."""
     max_prompt_length: int = spec(256, "Longest prompt, in tokens; longer prompts are cut from the left.",
-                                  min=8, unit="tokens")
-    max_generation_steps: int = spec(512, "Most tokens generated per completion.", min=1, unit="tokens")
+                                  min=8, max=131072, unit="tokens")
+    max_generation_steps: int = spec(512, "Most tokens generated per completion.", min=1, max=131072, unit="tokens")
     temperature: float = spec(0.9, "Sampling temperature.", min=0.0, min_exclusive=True, max=10.0)
     top_k: int = spec(50, "Sample among the k most likely tokens; 0 disables.", min=0)
     top_p: float = spec(1.0, "Sample within the smallest set of tokens of this total probability.",
                         min=0.0, max=1.0, min_exclusive=True)
     eos_tokens: list[int] = spec([1, 106], "Token ids that end a completion (eos, <end_of_turn>).")
+    stop_strings: list[str] = spec(["</answer>"], "Texts that end a completion (kept in it), as `stop` in vLLM: a "
+                                   "base model would otherwise write the next question after its answer.")
     partial_every: int = spec(32, "Send the partial text being generated to the console every N tokens; 0 never.",
                               min=0, unit="tokens")
 
@@ -140,7 +148,8 @@ class OptimizerSection:
 @dataclass
 class TrainingSection:
     """Length of training, evaluation and checkpoint cadence."""
-    micro_batch_size: int = spec(4, "Prompts per step (each gets `grpo.num_generations` completions).", min=1)
+    micro_batch_size: int = spec(4, "Prompts per step (each gets `grpo.num_generations` completions).", min=1,
+                                 max=4096)
     num_batches: int = spec(3738, "Most training steps per epoch; 0 means every batch of the data.", min=0)
     num_test_batches: int = spec(100, "Batches of test questions in the final evaluation; 0 means all.", min=0)
     num_epochs: int = spec(1, "Passes over the training data.", min=1)
@@ -149,7 +158,7 @@ class TrainingSection:
     save_interval_steps: int = spec(500, "Save a checkpoint every N steps; 0 only on request and at the end.", min=0)
     max_checkpoints_to_keep: int = spec(4, "Keep the newest K checkpoints.", min=1)
     logprob_chunk_size: int = spec(64, "Positions per chunk when computing log-probabilities (bounds memory).",
-                                   min=1, unit="tokens")
+                                   min=1, max=131072, unit="tokens")
     max_nonfinite_steps: int = spec(3, "Pause with an error after this many non-finite updates in a row.", min=1)
 
 
@@ -160,9 +169,16 @@ class EvalSection:
                        "liberal (T 0.85, top_k 2000, top_p 1.0).", choices=("greedy", "standard", "liberal"))
     num_questions: int = spec(64, "Validation questions per evaluation during training.", min=1)
     final_num_questions: int = spec(0, "Test questions in the final evaluation; 0 means all.", min=0)
-    max_generation_steps: int = spec(512, "Most tokens generated per evaluation answer.", min=1, unit="tokens")
+    max_generation_steps: int = spec(512, "Most tokens generated per evaluation answer.", min=1, max=131072,
+                                     unit="tokens")
     baseline: bool = spec(False, "Evaluate once before training, as a baseline.")
     final: bool = spec(True, "Evaluate on the test split when training ends.")
+    probe_questions: int = spec(3, "Probes: this many fixed validation questions (the first ones) answered greedily "
+                                "on their own cadence, so the same answers can be followed step over step; 0 never.",
+                                min=0, max=32)
+    probe_every_n_steps: int = spec(0, "Answer the probe questions every N steps; 0 with each validation evaluation "
+                                    "(free with the greedy preset: the evaluation answers them already).", min=0,
+                                    unit="steps")
 
 
 @dataclass
@@ -173,6 +189,30 @@ class LoggingSection:
     samples_per_step: int = spec(1, "Prompts per step whose whole group of completions is recorded.", min=0)
     tensorboard: bool = spec(False, "Also write step metrics, per-reward rewards, evaluations and timings as "
                              "TensorBoard scalars (and sample completions as text) into RUN/tensorboard/.")
+
+
+@dataclass
+class AlertsSection:
+    """Warnings the engine raises from its own metrics after each step and evaluation (`alert` events)."""
+    enabled: bool = spec(True, "Check the metrics after each step and validation evaluation and write alerts.")
+    window: int = spec(20, "Steps the step alerts average over (the recent window).", min=2, unit="steps")
+    cooldown_steps: int = spec(100, "Steps before an alert of the same kind may fire again.", min=0, unit="steps")
+    kl_max: float = spec(1.0, "Alert when the KL to the reference, averaged over the window, is above this.",
+                         min=0.0, min_exclusive=True)
+    kl_jump: float = spec(5.0, "Alert when a step's KL is this many times its median over the window before (and "
+                          "at least a tenth of `kl_max`).", min=1.0, min_exclusive=True)
+    entropy_drop: float = spec(0.25, "Alert when the token entropy (window mean) falls below this share of its mean "
+                               "over the run's first window.", min=0.0, max=1.0)
+    truncation_max: float = spec(0.5, "Alert when the share of completions cut at generation.max_generation_steps "
+                                 "(window mean) is above this.", min=0.0, max=1.0)
+    zero_spread_max: float = spec(0.8, "Alert when the share of groups whose completions all got the same reward "
+                                  "(no learning signal; window mean) is above this.", min=0.0, max=1.0)
+    plateau_steps: int = spec(200, "Alert when the reward (window mean) is no better than this many steps before; "
+                              "0 never.", min=0, unit="steps")
+    format_evals: int = spec(3, "Alert when, over this many validation evaluations, format accuracy rose while "
+                             "accuracy fell (each by `format_delta`); 0 never.", min=0)
+    format_delta: float = spec(0.05, "The change in format accuracy and in accuracy that `format_evals` looks for.",
+                               min=0.0, max=1.0)
 
 
 @dataclass
@@ -189,6 +229,7 @@ class Profile:
     training: TrainingSection = field(default_factory=TrainingSection)
     eval: EvalSection = field(default_factory=EvalSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    alerts: AlertsSection = field(default_factory=AlertsSection)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import math
 import os
 import re
+import reprlib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,7 @@ import tomli_w
 
 from engine.config import (BUILTIN_REWARDS, LEGACY_KEYS, MODEL_CONTEXT, FieldInfo, Profile, field_map,
                            section_names)
+from engine.prompt import TEMPLATE_CHOICES
 
 
 @dataclass(frozen=True)
@@ -47,22 +51,57 @@ class ProfileError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 8, 8, 60, 60, 40
+
+
 def _show(value: Any) -> str:
+    """A value as a message shows it: short, quoted if a string, escapes for control characters."""
     if isinstance(value, str):
-        return '"' + value + '"'
+        text = json.dumps(value if len(value) <= 120 else value[:100] + "…", ensure_ascii=False)
+        return text
     if isinstance(value, bool):
         return "true" if value else "false"
-    return repr(value)
+    return _REPR.repr(value)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # values
 
 
+# Bounds every value keeps besides its key's own range: integers (a count or a size past a billion is a typo, and
+# nothing past int64 can reach the engine), integers inside lists (token ids, mesh sizes: int32), list lengths and
+# string lengths in UTF-8 bytes (a run name becomes a folder name; a path longer than PATH_MAX can never open).
+INT_LIMIT = 10**9
+LIST_INT_LIMIT = 2**31 - 1
+LIST_LIMIT = 1024
+STRING_LIMIT = 4096            # one-line strings
+TEXT_LIMIT = 1 << 20           # multi-line texts (prompt templates, instructions)
+NAME_LIMIT = 100               # run.name: the run folder is `<date>-<time>-<name>`
+
+
+def _string_problem(fi: FieldInfo, text: str) -> str | None:
+    """What is wrong with a string value, or None."""
+    if "\0" in text:
+        return "a string cannot contain a NUL character"
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "not valid text (a lone surrogate: the value is not UTF-8)"
+    limit = NAME_LIMIT if fi.key == "run.name" else TEXT_LIMIT if fi.multiline else STRING_LIMIT
+    if size > limit:
+        return f"too long: {size} bytes, at most {limit}"
+    if fi.key == "run.name" and any(c in text for c in "\n\r\t"):
+        return "a run name is one line"
+    return None
+
+
 def check_value(fi: FieldInfo, value: Any) -> tuple[Any, str | None]:
     """Coerce `value` to the key's type; return (value, None) or (value, what is allowed)."""
     want = fi.type
     bad = (value, f"expected {fi.allowed()}")
+    if isinstance(value, float) and not math.isfinite(value) and want in ("float", "int"):
+        return value, f"expected a finite number ({fi.allowed()})"
     if want == "bool":
         if not isinstance(value, bool):
             return bad
@@ -79,20 +118,35 @@ def check_value(fi: FieldInfo, value: Any) -> tuple[Any, str | None]:
     elif want == "str":
         if not isinstance(value, str):
             return bad
+        problem = _string_problem(fi, value)
+        if problem:
+            return value, problem
     elif want.startswith("list["):
         inner = want[5:-1]
         if not isinstance(value, list):
             return bad
+        if len(value) > LIST_LIMIT:
+            return value, f"too many entries: {len(value)}, at most {LIST_LIMIT}"
         out = []
         for item in value:
             if inner == "int" and (isinstance(item, bool) or not isinstance(item, int)):
                 return bad
+            if inner == "int" and abs(item) > LIST_INT_LIMIT:
+                return value, f"entry {_show(item)} out of range: expected integers of at most {LIST_INT_LIMIT}"
             if inner == "float" and (isinstance(item, bool) or not isinstance(item, (int, float))):
                 return bad
+            if inner == "float" and not math.isfinite(float(item)):
+                return value, f"expected finite numbers ({fi.allowed()})"
             if inner == "str" and not isinstance(item, str):
                 return bad
+            if inner == "str":
+                problem = _string_problem(fi, item)
+                if problem:
+                    return value, problem
             out.append(float(item) if inner == "float" else item)
         value = out
+    if want == "int" and fi.max is None and abs(value) > INT_LIMIT:
+        return value, f"expected {fi.allowed()} and at most {INT_LIMIT}"
     if fi.choices and value not in fi.choices:
         hint = difflib.get_close_matches(str(value), [str(c) for c in fi.choices], n=1)
         extra = f" (did you mean {_show(hint[0])}?)" if hint else ""
@@ -118,6 +172,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except RecursionError:
+        raise ValueError(f"override of {key}: the value is nested too deeply") from None
     return key, value
 
 
@@ -324,11 +380,20 @@ def save_profile(profile: Profile, path: str | os.PathLike, *, only_changed: boo
 # cross-field rules
 
 
+def _probe(check: Any) -> bool:
+    """`path.is_file` / `path.exists` that answers False where the file system refuses the question (a name too long,
+    a folder we may not enter) instead of raising."""
+    try:
+        return bool(check())
+    except (OSError, ValueError):
+        return False
+
+
 def _plugin_file(spec_: str, base: Path | None) -> Path | None:
     file = spec_.split(":", 1)[0]
     for root in ([base] if base else []) + [Path.cwd()]:
         candidate = (root / file) if not os.path.isabs(file) else Path(file)
-        if candidate.is_file():
+        if _probe(candidate.is_file):
             return candidate
     return None
 
@@ -392,11 +457,17 @@ def cross_check(p: Profile, source: str, base: Path | None = None) -> list[Probl
     if d.source == "local":
         if not d.path:
             out.append(Problem(source, "data.path", "data.source \"local\" needs a file or folder", d.path, True))
-        elif not _resolve_data_path(d.path, base).exists():
+        elif not _probe(_resolve_data_path(d.path, base).exists):
             out.append(Problem(source, "data.path", "no such file or folder", d.path, True))
     if d.source == "kaggle" and not d.kaggle_handle:
         out.append(Problem(source, "data.kaggle_handle", "data.source \"kaggle\" needs a dataset handle",
                            d.kaggle_handle, True))
+    if p.prompt.template not in TEMPLATE_CHOICES and "{question}" not in p.prompt.template:
+        out.append(Problem(source, "prompt.template", f"expected one of {', '.join(TEMPLATE_CHOICES)} or a "
+                           "template containing {question}", p.prompt.template, True))
+    if any(not s for s in p.generation.stop_strings):
+        out.append(Problem(source, "generation.stop_strings", "a stop string cannot be empty",
+                           p.generation.stop_strings, True))
     if not p.generation.eos_tokens or any(t < 0 for t in p.generation.eos_tokens):
         out.append(Problem(source, "generation.eos_tokens", "expected at least one non-negative token id",
                            p.generation.eos_tokens, True))
@@ -405,7 +476,7 @@ def cross_check(p: Profile, source: str, base: Path | None = None) -> list[Probl
 
 def _resolve_data_path(path: str, base: Path | None) -> Path:
     candidate = Path(path)
-    if candidate.is_absolute() or candidate.exists() or base is None:
+    if candidate.is_absolute() or _probe(candidate.exists) or base is None:
         return candidate
     return base / candidate
 
@@ -414,11 +485,31 @@ def _resolve_data_path(path: str, base: Path | None) -> Path:
 # entry points
 
 
+def _deeply_nested_key(text: str) -> str:
+    """The dotted key whose value opens the most brackets on one line (where a RecursionError came from)."""
+    table, best, best_key = "", 0, ""
+    for line in text.splitlines():
+        head = re.match(r"\s*\[\s*([A-Za-z0-9_.-]+)\s*\]\s*(#.*)?$", line)
+        if head:
+            table = head.group(1)
+            continue
+        m = re.match(r"\s*([A-Za-z0-9_.-]+|\"[^\"]*\"|'[^']*')\s*=", line)
+        depth = line.count("[") + line.count("{")
+        if m and depth > best:
+            name = m.group(1).strip("\"'")
+            best, best_key = depth, f"{table}.{name}" if table else name
+    return best_key
+
+
 def parse_text(text: str, source: str, overrides: Iterable[str] = (), base: Path | None = None) -> Profile:
     """Profile from TOML text plus overrides; raises ProfileError listing every problem."""
     problems: list[Problem] = []
     try:
         raw = tomllib.loads(text)
+    except RecursionError:
+        key = _deeply_nested_key(text)
+        raise ProfileError([Problem(source, key, "a value is nested too deeply (arrays or tables within each "
+                                    "other hundreds of levels down)")]) from None
     except tomllib.TOMLDecodeError as exc:
         msg = str(exc)
         m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
@@ -449,9 +540,9 @@ def parse_text(text: str, source: str, overrides: Iterable[str] = (), base: Path
 def load_profile(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Profile:
     """Read and check a profile file (a `.toml`, or a run directory holding `profile.toml`)."""
     p = Path(path)
-    if p.is_dir() and (p / "profile.toml").is_file():
+    if _probe(p.is_dir) and _probe((p / "profile.toml").is_file):
         p = p / "profile.toml"
-    if not p.is_file():
+    if not _probe(p.is_file):
         raise ProfileError([Problem(str(path), "", "no such profile file")])
     try:
         text = p.read_text(encoding="utf-8")
@@ -460,10 +551,20 @@ def load_profile(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Prof
     return parse_text(text, str(path), overrides, base=p.parent)
 
 
+# Keys that do not change what training computes (names, places, cadences, logging, evaluation, how the work is laid
+# out on devices): a resume may change them freely. Every other key is in a checkpoint's fingerprint.
+NEUTRAL_KEYS = frozenset({
+    "run.name", "run.output_dir", "run.project_name",
+    "model.mesh_shape", "model.mesh_axes",
+    "training.num_test_batches", "training.eval_every_n_steps", "training.save_interval_steps",
+    "training.max_checkpoints_to_keep", "training.logprob_chunk_size", "training.max_nonfinite_steps",
+    "generation.partial_every",
+})
+NEUTRAL_SECTIONS = ("eval", "logging")
+
+
 def profile_fingerprint(profile: Profile) -> dict[str, Any]:
-    """The keys a checkpoint must agree with to be resumed (shapes and meaning of the saved state)."""
-    keys = ("model.model_size", "model.lora_rank", "model.lora_alpha", "model.lora_module_path",
-            "grpo.num_generations", "training.micro_batch_size", "data.source", "data.path", "data.hf_dataset",
-            "run.seed", "optimizer.learning_rate", "optimizer.schedule")
+    """The keys a checkpoint must agree with to be resumed: every key that changes the maths of training (shapes
+    and meaning of the saved state, the loss, sampling, the optimizer, the data, the rewards, the prompt)."""
     flat = {f"{s}.{k}": v for s, sec in to_dict(profile).items() for k, v in sec.items()}
-    return {k: flat[k] for k in keys}
+    return {k: v for k, v in flat.items() if k not in NEUTRAL_KEYS and k.split(".", 1)[0] not in NEUTRAL_SECTIONS}

@@ -8,8 +8,9 @@ bucket, prompt bucket, sampling mode), and one prefill per those and the bucket 
 * prefill: one forward pass over each distinct prompt (rows with the same prompt, as GRPO's G completions of one
   prompt, share its cache), logits only at the last position, first token sampled per row;
 * decode: a `lax.while_loop` inside one jitted program (cache and output buffers donated) that runs until a step
-  limit given as a traced argument or until every row has produced an EOS id. Partial output is obtained by
-  calling the same program again with a later step limit, so `on_partial` costs no recompilation.
+  limit given as a traced argument or until every row has produced an EOS id or ended with one of the stop
+  sequences (kept in the output). Partial output is obtained by calling the same program again with a later step
+  limit, so `on_partial` costs no recompilation.
 
 Each call reads the model's current state (`nnx.split`) and passes it to the programs as an argument, so
 training updates (LoRA included) are seen without recompiling. For 4+ rows (or with `fast_weights=True`) the
@@ -56,6 +57,7 @@ class _Mode:
     use_top_p: bool
     eos_ids: tuple[int, ...]
     pad_id: int
+    stop_seqs: tuple[tuple[int, ...], ...] = ()   # token sequences that end a completion (kept in it)
 
 
 class _Carry(NamedTuple):
@@ -191,9 +193,20 @@ def _record(carry: _Carry, tok, lp, mode: _Mode) -> _Carry:
     at = (0, carry.step)
     tokens = jax.lax.dynamic_update_slice(carry.tokens, tok[:, None], at)
     logprobs = jax.lax.dynamic_update_slice(carry.logprobs, lp[:, None], at)
-    is_eos = jnp.isin(tok, jnp.asarray(mode.eos_ids, jnp.int32))
-    return carry._replace(tokens=tokens, logprobs=logprobs, done=carry.done | (active & is_eos),
+    ends = jnp.isin(tok, jnp.asarray(mode.eos_ids, jnp.int32))
+    ends = ends | _ends_with_stop(tokens, carry.step, mode.stop_seqs)
+    return carry._replace(tokens=tokens, logprobs=logprobs, done=carry.done | (active & ends),
                           lengths=carry.lengths + active.astype(jnp.int32), last=tok, step=carry.step + 1)
+
+
+def _ends_with_stop(tokens: jax.Array, step: jax.Array, stop_seqs: tuple[tuple[int, ...], ...]) -> jax.Array:
+    """bool [B]: the row's tokens up to index `step` end with one of `stop_seqs`."""
+    hit = jnp.zeros(tokens.shape[0], bool)
+    for seq in stop_seqs:
+        n = len(seq)
+        window = jax.lax.dynamic_slice_in_dim(tokens, jnp.maximum(step - (n - 1), 0), n, axis=1)
+        hit = hit | (jnp.all(window == jnp.asarray(seq, jnp.int32)[None, :], axis=1) & (step >= n - 1))
+    return hit
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -265,13 +278,15 @@ class Sampler:
 
     def __init__(self, model: Gemma3, tokenizer: object | None = None, *, eos_ids: Sequence[int],
                  max_prompt_length: int, max_new_tokens: int, min_prompt_bucket: int = 32,
-                 min_batch_bucket: int = 1, fast_weights: bool | None = None, share_prompts: bool = True):
+                 min_batch_bucket: int = 1, fast_weights: bool | None = None, share_prompts: bool = True,
+                 stop_sequences: Sequence[Sequence[int]] = ()):
         if max_prompt_length < 1 or max_new_tokens < 1:
             raise ValueError("max_prompt_length and max_new_tokens must be >= 1")
         if not eos_ids:
             raise ValueError("eos_ids must name at least one token id")
         self.model = model
         self.eos_ids = tuple(int(i) for i in eos_ids)
+        self.stop_sequences = tuple(tuple(int(i) for i in seq) for seq in stop_sequences if len(seq))
         self.max_prompt_length = int(max_prompt_length)
         self.max_new_tokens = int(max_new_tokens)
         self.min_prompt_bucket = int(min_prompt_bucket)
@@ -310,7 +325,7 @@ class Sampler:
         vocab = self.model.cfg.vocab_size
         mode = _Mode(max_new=self.max_new_tokens, top_k=int(top_k) if 0 < top_k < vocab else 0,
                      greedy=bool(greedy), use_top_p=(not greedy) and top_p < 1.0, eos_ids=self.eos_ids,
-                     pad_id=self.pad_id)
+                     pad_id=self.pad_id, stop_seqs=self.stop_sequences)
         self.programs.add((b, p_len, mode))
         graphdef, state = nnx.split(self.model)
         fast = self.fast_weights if self.fast_weights is not None else b >= VOCAB_MAJOR_MIN_ROWS

@@ -124,3 +124,46 @@ def test_batched_scores_keep_order():
 def test_number_after_answer_tag():
     assert number_after_answer_tag("<answer>-1,200.50 dollars</answer>") == "-1200.5"
     assert number_after_answer_tag("no tag 5") is None
+
+
+# --- the holes closed: copying the prompt, an empty answer -----------------------------------------------------------
+
+from engine.prompt import DEFAULT_INSTRUCTIONS, build_prompt, resolve_template  # noqa: E402
+from engine.rewards.reference import copied_fraction, is_echo  # noqa: E402
+
+_ALL = (match_format_exactly, match_format_approximately, check_answer)
+
+
+def _scores(prompt: str, completion: str, answer: str = "4") -> list[float]:
+    return [fn([prompt], [completion], [answer])[0] for fn in _ALL]
+
+
+def test_copying_the_instructions_earns_no_format_reward():
+    prompt = build_prompt("Tom has 2 apples and finds 2 more. How many apples?")
+    echo = DEFAULT_INSTRUCTIONS   # names each tag once: +2.0 from match_format_approximately before the guard
+    assert is_echo(prompt, echo)
+    assert _scores(prompt, echo) == [0.0, -2.0, 0.0]
+    honest = fmt("4", "Tom has 2 apples and finds 2 more, 2 + 2 = 4.")
+    assert not is_echo(prompt, honest) and _scores(prompt, honest) == [3.0, 2.0, 3.0]
+
+
+def test_copying_a_worked_example_earns_no_format_reward():
+    _, template, instructions = resolve_template("completion", source="gguf")
+    prompt = build_prompt("Ava has 9 stamps and buys 5 more. How many stamps?", instructions, template)
+    copied = (" <reasoning>3 boxes hold 3 * 6 = 18 muffins. After eating 4, 18 - 4 = 14 muffins are left."
+              "</reasoning> <answer>14</answer>")
+    assert copied_fraction(prompt, copied) == 1.0
+    assert _scores(prompt, copied, "14") == [0.0, -2.0, 0.0]
+    own = " <reasoning>Ava has 9 stamps and buys 5 more, so 9 + 5 = 14.</reasoning> <answer>14</answer>"
+    assert _scores(prompt, own, "14") == [3.0, 2.0, 3.0]   # restating a few words of the question is fine
+
+
+@pytest.mark.parametrize("completion, approx", [
+    ("<reasoning>2 + 2</reasoning><answer></answer>", 0.0),
+    ("<reasoning>2 + 2</reasoning><answer>  </answer>", 0.0),
+    ("<reasoning>2 + 2</reasoning><answer>", 0.0),
+])
+def test_an_empty_answer_is_not_the_format(completion, approx):
+    assert one(match_format_exactly, completion) == 0.0
+    assert one(match_format_approximately, completion) == approx
+    assert one(check_answer, completion) == 0.0

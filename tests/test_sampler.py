@@ -198,3 +198,18 @@ def test_rows_with_the_same_prompt_share_one_prefill_and_sample_as_if_separate(m
     for row, prompt in enumerate(prompts):
         alone = _sampler(model)([prompt], greedy=True)
         assert np.array_equal(greedy.tokens[row], alone.tokens[0])
+
+
+def test_stop_sequence_ends_its_row_after_the_sequence_and_keeps_it(model):
+    free = _sampler(model)(PROMPTS, greedy=True, seed=0)
+    seq = [int(free.tokens[0, 5]), int(free.tokens[0, 6])]
+    ends = [i + 2 for i in range(NEW - 1) if list(free.tokens[0, i:i + 2]) == seq]
+    result = _sampler(model, stop_sequences=[seq, []])(PROMPTS, greedy=True, seed=0)
+    assert result.lengths[0] == ends[0] and not result.truncated[0]
+    assert np.array_equal(result.tokens[0, :ends[0]], free.tokens[0, :ends[0]])   # the stop tokens are kept
+    assert (result.tokens[0, ends[0]:] == 0).all()
+    for row in (1, 2):   # rows without the sequence run on unchanged
+        row_ends = [i + 2 for i in range(NEW - 1) if list(free.tokens[row, i:i + 2]) == seq]
+        expected = row_ends[0] if row_ends else NEW
+        assert result.lengths[row] == expected
+        assert np.array_equal(result.tokens[row, :expected], free.tokens[row, :expected])

@@ -1,7 +1,7 @@
 """The `tunix-tui` command.
 
-With no sub-command it opens the console. Sub-commands that need the engine (run, resume, generate, eval) hand the
-work to the engine's own process; the others (validate, ls, ctl) use only the light shared modules. Exit codes:
+With no sub-command it opens the console. Sub-commands that need the engine (run, resume, generate, eval, export) hand
+the work to the engine's own process; the others (validate, ls, ctl) use only the light shared modules. Exit codes:
 0 success, 1 the work failed, 2 bad input (profile, arguments).
 """
 
@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 from engine.profile_io import ProfileError, dumps, load_profile
-from engine.protocol import (COMMANDS, FINAL_STATUSES, EventReader, RunPaths, engine_alive, find_run, list_runs,
-                             send_command)
+from engine.prompt import describe_template
+from engine.protocol import (COMMANDS, FINAL_STATUSES, EventReader, RunAccessError, RunPaths, engine_alive, find_run,
+                             list_runs, owner_name, send_command)
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
 
@@ -48,6 +49,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except ProfileError as err:
         return _print_problems(err)
     print(f"{args.profile}: valid")
+    print(f"prompt template: {describe_template(profile)}")
     if not args.quiet:
         print()
         print(dumps(profile), end="")
@@ -65,6 +67,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
         reward = f"{r.reward:.3f}" if r.reward is not None else "-"
         acc = f"{100 * r.accuracy:.1f}%" if r.accuracy is not None else "-"
         print(f"{r.run_id:<40} {r.status:<13} {step:>11} {reward:>8} {acc:>6} {_hms(r.elapsed):>9}")
+    unreadable = [r for r in runs if r.status == "unreadable"]
+    if unreadable:
+        print(f"\n{len(unreadable)} run(s) cannot be read by you: " + "; ".join(
+            f"{r.run_id} ({r.error})" for r in unreadable))
     return EXIT_OK
 
 
@@ -87,10 +93,12 @@ def _hms(seconds: float) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.launch import prepare_run, spawn_detached
-    try:
-        paths = prepare_run(args.profile, args.overrides, args.output_dir)
+    try:  # the profile's run.output_dir unless --output-dir is given
+        paths = prepare_run(args.profile, args.overrides, args.output_dir if args.output_dir_given else None)
     except ProfileError as err:
         return _print_problems(err)
+    except OSError as exc:
+        return _fail(f"cannot create the run folder: {exc}", EXIT_FAIL)
     pid = spawn_detached(paths.root)
     print(f"run {paths.run_id} started (engine pid {pid}) in {paths.root}")
     if args.detach:
@@ -101,12 +109,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from engine.launch import spawn_detached
+    from engine.protocol import RunBusy
     run = resolve_run(args.run, args.output_dir)
     if run is None:
         return _fail(f"no run {args.run!r} (give a run directory or an id under {args.output_dir}/)")
+    busy = f"run {run.name} is still running (one engine per run); attach to it with: tunix-tui attach {run}"
     if engine_alive(run):
-        return _fail(f"run {run.name} is still running; attach to it with: tunix-tui attach {run}", EXIT_FAIL)
-    pid = spawn_detached(run, resume=True)
+        return _fail(busy)
+    try:
+        pid = spawn_detached(run, resume=True, allow_changes=args.allow_changes)
+    except RunBusy:
+        return _fail(busy)
     print(f"run {run.name} resuming (engine pid {pid})")
     return EXIT_OK if args.detach else follow(run)
 
@@ -160,6 +173,9 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     run = resolve_run(args.run, args.output_dir)
     if run is None:
         return _fail(f"no run {args.run!r} (give a run directory or an id under {args.output_dir}/)")
+    owner = run.stat().st_uid
+    if owner != os.getuid():  # the engine ignores commands written by anyone but its own user
+        return _fail(f"run {run.name} is not yours (it belongs to {owner_name(run)}); only its owner can control it")
     if not engine_alive(run):
         return _fail(f"run {run.name} has no live engine; to continue it: tunix-tui resume {run}", EXIT_FAIL)
     reader = EventReader(RunPaths(run).events)
@@ -196,6 +212,11 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     return _engine(["eval", *rest])
 
 
+def cmd_export(args: argparse.Namespace, rest: list[str]) -> int:
+    given = ["--output-dir", args.output_dir] if getattr(args, "output_dir", None) else []
+    return _engine(["export", *given, *rest])
+
+
 def cmd_console(args: argparse.Namespace) -> int:
     attach = None
     if getattr(args, "run", None):
@@ -219,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tunix-tui", description="A console for GRPO fine-tuning of Gemma 3 with LoRA. With no command it "
         "opens the console.")
     parser.add_argument("--profiles-dir", default="profiles", help="folder of profiles shown in the console")
-    parser.add_argument("--output-dir", default="runs", help="folder of run directories (default: runs)")
+    parser.add_argument("--output-dir", default=None,
+                        help="folder of run directories (default: runs; `run` takes the profile's run.output_dir)")
     parser.add_argument("--profile", help="open the console on this profile's editor")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -244,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue a stopped or failed run from its latest checkpoint")
     p.add_argument("run", help="run directory or run id")
     p.add_argument("--detach", action="store_true")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="resume although the run's profile.toml now differs from the checkpoint's in keys that "
+                   "change the training (each change is recorded as an event)")
 
     p = sub.add_parser("ctl", help="send a command to a live run and wait for its acknowledgement")
     p.add_argument("run", help="run directory or run id")
@@ -256,14 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("generate", help="complete a prompt with a profile's or run's model (see: generate --help)",
                    add_help=False)
     sub.add_parser("eval", help="evaluate a run's checkpoint (see: eval --help)", add_help=False)
+    sub.add_parser("export", help="export a run's model as PEFT adapters, a merged Hugging Face folder or GGUF "
+                   "(see: export --help)", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    # generate/eval take the engine's own arguments verbatim
-    for name, fn in (("generate", cmd_generate), ("eval", cmd_eval)):
+    # generate/eval/export take the engine's own arguments verbatim
+    for name, fn in (("generate", cmd_generate), ("eval", cmd_eval), ("export", cmd_export)):
         if name in argv:
             idx = argv.index(name)
             if all(a.startswith("-") or argv[i - 1] in ("--profiles-dir", "--output-dir", "--profile")
@@ -271,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
                 args = parser.parse_args(argv[:idx])
                 return fn(args, argv[idx + 1:])
     args = parser.parse_args(argv)
+    args.output_dir_given = args.output_dir is not None
+    args.output_dir = args.output_dir if args.output_dir_given else "runs"
     handlers = {"validate": cmd_validate, "ls": cmd_ls, "show": cmd_show, "run": cmd_run, "resume": cmd_resume,
                 "ctl": cmd_ctl,
                 "attach": cmd_console, None: cmd_console}
@@ -280,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         os._exit(EXIT_OK)
+    except RunAccessError as exc:  # another user's run
+        return _fail(str(exc))
+    except OSError as exc:  # a full disk, a folder we may not write: a sentence, not a traceback
+        return _fail(f"{exc}", EXIT_FAIL)
 
 
 if __name__ == "__main__":

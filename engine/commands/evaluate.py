@@ -80,10 +80,11 @@ def _evaluate(run: Path, args: argparse.Namespace) -> int:
     nnx.update(model, lora)
     preset = args.preset or profile.eval.preset
     max_tokens = args.max_tokens or profile.eval.max_generation_steps
-    encoder = PromptEncoder(tokenizer, profile.prompt.instructions, profile.generation.max_prompt_length)
+    encoder = PromptEncoder.for_profile(tokenizer, profile)
     eos = list(profile.generation.eos_tokens)
     sampler = Sampler(model, tokenizer, eos_ids=eos, max_prompt_length=profile.generation.max_prompt_length,
-                      max_new_tokens=max_tokens, min_prompt_bucket=encoder.bucket(questions))
+                      max_new_tokens=max_tokens, min_prompt_bucket=encoder.bucket(questions),
+                      stop_sequences=encoder.stop_ids)
     batch = min(max(profile.training.micro_batch_size * profile.grpo.num_generations, 8), len(questions))
     print(f"evaluating {run.name} step {step} on {len(questions)} {args.split} questions of {splits.description} "
           f"({preset}, up to {max_tokens} tokens)", flush=True)

@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 
 from engine.data.example import Example
 from engine.grpo.eval_metrics import EVAL_PRESETS, EvalCounts, count_eval
-from engine.train.text import PromptEncoder, decode_completions
+from engine.train.text import PromptEncoder
 
 
 @dataclass
@@ -26,7 +26,8 @@ class EvalResult:
         """The `eval` event's fields."""
         return {"step": step, "split": self.split, "num_questions": self.counts.total,
                 "accuracy": self.counts.accuracy, "partial_accuracy": self.counts.partial_accuracy,
-                "format_accuracy": self.counts.format_accuracy, "preset": self.preset, "examples": self.examples}
+                "format_accuracy": self.counts.format_accuracy, "preset": self.preset, "examples": self.examples,
+                "items": [[r["id"], int(r["correct"]), int(r["format_correct"])] for r in self.records]}
 
     def figures(self) -> dict[str, Any]:
         return dict(self.counts.summary(), seconds=self.seconds, tokens=self.tokens, preset=self.preset,
@@ -48,6 +49,8 @@ def evaluate(sampler: Any, encoder: PromptEncoder, examples: Sequence[Example], 
     settings = EVAL_PRESETS[preset]
     start = time.perf_counter()
     texts: list[str] = []
+    lengths: list[int] = []
+    truncated: list[bool] = []
     tokens = 0
     items = list(examples)
     for lo in range(0, len(items), batch_size):
@@ -57,13 +60,16 @@ def evaluate(sampler: Any, encoder: PromptEncoder, examples: Sequence[Example], 
         out = sampler(prompts, temperature=float(settings["temperature"]), top_k=int(settings["top_k"]),
                       top_p=float(settings["top_p"]), greedy=bool(settings["greedy"]), seed=seed + lo)
         n = len(chunk)
-        texts.extend(decode_completions(encoder.tokenizer, out.tokens[:n], out.lengths[:n], eos_ids))
+        texts.extend(encoder.completions(out.tokens[:n], out.lengths[:n], eos_ids))
         tokens += int(out.lengths[:n].sum())
+        lengths.extend(int(x) for x in out.lengths[:n])
+        truncated.extend(bool(x) for x in out.truncated[:n])
         if on_progress is not None:
             on_progress(min(lo + batch_size, len(items)), len(items))
     counts = count_eval(texts, [e.answer for e in items])
     records = [{"id": e.id, "question": e.question, "answer": e.answer, "completion": text,
                 "extracted": item.extracted, "correct": item.correct, "partially_correct": item.partially_correct,
-                "format_correct": item.format_correct} for e, text, item in zip(items, texts, counts.items)]
+                "format_correct": item.format_correct, "tokens": n, "truncated": cut}
+               for e, text, item, n, cut in zip(items, texts, counts.items, lengths, truncated)]
     return EvalResult(split=split, preset=preset, counts=counts, examples=records[:num_examples], records=records,
                       seconds=time.perf_counter() - start, tokens=tokens)

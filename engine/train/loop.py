@@ -36,6 +36,7 @@ class TestHooks:
     advantage_sign: float = 1.0            # -1 teaches the opposite of the rewards (a run that must not learn)
     nan_steps: frozenset[int] = frozenset()  # steps whose loss is multiplied by NaN
     step_sleep: float = 0.0                # seconds to wait at the start of each step (control tests)
+    save_sleep: float = 0.0                # seconds to wait inside each checkpoint save, half written (kill tests)
     rewards: list[Any] | None = None       # NamedReward list replacing the profile's (in-process tests)
 
     @classmethod
@@ -46,7 +47,7 @@ class TestHooks:
         data = json.loads(raw)
         return cls(advantage_sign=float(data.get("advantage_sign", 1.0)),
                    nan_steps=frozenset(int(s) for s in data.get("nan_steps", ())),
-                   step_sleep=float(data.get("step_sleep", 0.0)))
+                   step_sleep=float(data.get("step_sleep", 0.0)), save_sleep=float(data.get("save_sleep", 0.0)))
 
 
 class StopRun(Exception):
@@ -86,9 +87,10 @@ class Trainer:
     """One training process for one run directory."""
 
     def __init__(self, run_dir: str | Path, *, resume: bool = False, hooks: TestHooks | None = None,
-                 install_signals: bool = True, heartbeat_interval: float = 2.0):
+                 install_signals: bool = True, heartbeat_interval: float = 2.0, allow_changes: bool = False):
         self.paths = RunPaths(Path(run_dir))
         self.resume = resume
+        self.allow_changes = allow_changes   # resume although the profile changed keys (each is recorded)
         self.hooks = hooks or TestHooks()
         self.install_signals = install_signals
         self.heartbeat_interval = heartbeat_interval
@@ -120,7 +122,10 @@ class Trainer:
             self.log.status("finished", step=self.state.step if self.state else 0)
             return 0
         except StopRun as stop:
-            self._save("stop", detail=stop.reason)
+            try:
+                self._save("stop", detail=stop.reason)
+            except Exception as exc:  # noqa: BLE001 - the stop still ends the run; say what was not saved
+                self._report_unsaved("stop", exc)
             self.log.status("stopped", step=self.state.step if self.state else 0, detail=stop.reason)
             return 0
         except SystemExit:  # a second stop signal: leave at once, without a checkpoint
@@ -131,32 +136,37 @@ class Trainer:
             self._fail(exc)
             return 1
         finally:
-            if self.wandb is not None:
-                self.wandb.finish()
-            if self.store is not None:
+            for closing in (lambda: self.wandb is not None and self.wandb.finish(),
+                            lambda: self.store is not None and self.store.close(),
+                            lambda: self.install_signals and self.signals.uninstall(),
+                            heartbeat.stop, self.log.close):
                 try:
-                    self.store.close()
-                except Exception:  # noqa: BLE001
-                    pass
-            if self.install_signals:
-                self.signals.uninstall()
-            heartbeat.stop()
-            self.log.close()
+                    closing()
+                except Exception:  # noqa: BLE001 - closing down never raises (a full disk, a lost W&B)
+                    log.exception("while closing down")
 
     def _fail(self, exc: BaseException) -> None:
-        from engine.train.checkpoints import IncompatibleCheckpoint
+        from engine.train.checkpoints import CheckpointError, IncompatibleCheckpoint
 
+        expected = isinstance(exc, CheckpointError)   # says all there is to say: no traceback
         if isinstance(exc, IncompatibleCheckpoint):
             message = f"cannot resume from the checkpoint: {exc}"
+        elif expected:
+            message = str(exc)
         else:
             message = f"{type(exc).__name__}: {exc}"
-        self.log.error(message, exc=None if isinstance(exc, IncompatibleCheckpoint) else exc, fatal=True)
+        self.log.error(message, exc=None if expected else exc, fatal=True)
         if not isinstance(exc, IncompatibleCheckpoint):
             try:  # keep what was learnt since the last checkpoint, if it is sound
                 self._save("error")
             except Exception as save_exc:  # noqa: BLE001
-                self.log.info(f"could not save the state after the error: {save_exc}", level="warning")
+                self._report_unsaved("error", save_exc)
         self.log.status("failed", step=self.state.step if self.state else 0, detail=message[:300])
+
+    def _report_unsaved(self, reason: str, exc: BaseException) -> None:
+        last = f"the last checkpoint is step {self._saved_step}" if self._saved_step is not None else \
+            "there is no checkpoint"
+        self.log.error(f"could not save the state at the {reason} ({exc}); {last}")
 
     # ------------------------------------------------------------------------------------------------------------
     # set-up
@@ -169,20 +179,16 @@ class Trainer:
         from engine.train.checkpoints import CheckpointStore
 
         self.store = CheckpointStore(self.paths.checkpoints, max_to_keep=profile.training.max_checkpoints_to_keep)
-        resume_step = self.store.latest_step() if self.resume else None
-        if self.resume:
-            if resume_step is None:
-                self.log.info("no checkpoint to resume from: starting at step 0", level="warning")
-            else:  # refuse an incompatible profile before the slow loading
-                from engine.train.checkpoints import IncompatibleCheckpoint, fingerprint_differences
-
-                diffs = fingerprint_differences(self.store.read_meta(resume_step).get("fingerprint", {}),
-                                                self.fingerprint)
-                if diffs:
-                    raise IncompatibleCheckpoint(diffs)
+        if self.hooks.save_sleep:
+            self.store.after_write = lambda: time.sleep(self.hooks.save_sleep)
+        self._resume_plan = self._plan_resume() if self.resume else None  # before the slow loading
+        resume_step = self._resume_plan.candidates[0] if self._resume_plan else None
         self._load_data(profile)
         self._load_model(profile)
         self._build_training(profile)
+        from engine.train.watch import Watch
+
+        self.watch = Watch(self)  # system figures, alerts, probes
         if resume_step is not None:
             self._restore(resume_step)
         if profile.logging.tensorboard:  # a listener of the event stream, from run_started on
@@ -246,12 +252,13 @@ class Trainer:
         self.eos_ids = list(g.eos_tokens)
         self.rewards = self.hooks.rewards or resolve_rewards(p.rewards.functions, p.rewards.weights or None,
                                                              base_dir=self.paths.root)
-        self.encoder = PromptEncoder(self.tokenizer, p.prompt.instructions, g.max_prompt_length)
+        self.encoder = PromptEncoder.for_profile(self.tokenizer, p)
         self.log.status("loading", detail="tokenizing prompts")
         train = self.splits.train
         self.prompt_width = self.encoder.width(train)
         self.sampler = Sampler(self.model, self.tokenizer, eos_ids=self.eos_ids, max_prompt_length=g.max_prompt_length,
-                               max_new_tokens=g.max_generation_steps, min_prompt_bucket=self.encoder.bucket(train))
+                               max_new_tokens=g.max_generation_steps, min_prompt_bucket=self.encoder.bucket(train),
+                               stop_sequences=self.encoder.stop_ids)
         n_updates = self.total_steps * p.grpo.num_iterations
         self.schedule = learning_rate_schedule(p.optimizer, n_updates)
         self.optimizer = make_optimizer(p.optimizer, n_updates)
@@ -261,11 +268,47 @@ class Trainer:
                                 data_position=self.iterator.state_dict())
         self._eval_sampler: Any = None
 
+    def _plan_resume(self) -> Any:
+        """Which checkpoints to try, newest first; refuses a changed profile (unless allowed) from the metas alone."""
+        from engine.train.checkpoints import CheckpointError, IncompatibleCheckpoint
+
+        plan = self.store.plan_resume(self.fingerprint)
+        if not plan.candidates and not plan.damaged:
+            self.log.info("no checkpoint to resume from: starting at step 0", level="warning")
+            return None
+        if not plan.candidates:
+            raise CheckpointError("no checkpoint of this run can be restored: " + "; ".join(
+                f"step {s}: {why}" for s, why in plan.damaged))
+        if plan.changes and not self.allow_changes:
+            raise IncompatibleCheckpoint(plan.changes)
+        return plan
+
     def _restore(self, step: int) -> None:
+        """Restore the newest checkpoint that restores whole (`step` is the newest candidate); the damaged newer ones
+        are moved aside, each named with why in a warning."""
         from flax import nnx
 
+        from engine.train.checkpoints import CheckpointError, fingerprint_differences
+
+        plan = self._resume_plan
         self.log.status("loading", detail=f"checkpoint of step {step}")
-        restored = self.store.restore(self.state.lora, self.state.opt_state, step=step, fingerprint=self.fingerprint)
+        try:
+            restored, failed = self.store.restore_newest(
+                plan.candidates, self.state.lora, self.state.opt_state, fingerprint=self.fingerprint,
+                allow_changes=self.allow_changes, check=lambda r: self.iterator.load_state_dict(r.meta["data"]))
+        except CheckpointError as exc:
+            if plan.damaged and "no checkpoint of this run can be restored" in str(exc):
+                raise CheckpointError(f"{exc}; " + "; ".join(f"step {s}: {why}" for s, why in plan.damaged)) \
+                    from None
+            raise
+        for bad, why in sorted(plan.damaged + failed, reverse=True):
+            where = self.store.set_aside(bad)
+            self.log.info(f"the checkpoint of step {bad} cannot be restored ({why})"
+                          + (f"; moved to {where}" if where else ""), level="warning")
+        changes = fingerprint_differences(restored.meta.get("fingerprint", {}), self.fingerprint)
+        if changes:
+            self.log.info("resuming with changed profile keys (--allow-changes): " + "; ".join(changes),
+                          level="warning")
         import jax.numpy as jnp
         import jax
 
@@ -273,12 +316,14 @@ class Trainer:
         opt_state = jax.tree.map(jnp.asarray, restored.opt_state)
         nnx.update(self.model, lora)
         meta = restored.meta
-        self.iterator.load_state_dict(meta["data"])
         self.state = TrainState(step=restored.step, lora=lora, opt_state=opt_state,
                                 data_position=self.iterator.state_dict(), updates=int(meta.get("updates", 0)),
                                 nonfinite_in_row=int(meta.get("nonfinite_in_row", 0)))
         self._saved_step = restored.step
-        self.log.info(f"resumed from the checkpoint of step {restored.step}")
+        skipped = len(plan.damaged) + len(failed)
+        self.log.info(f"resumed from the checkpoint of step {restored.step}"
+                      + (f", the newest that restores ({skipped} damaged set aside)" if skipped else ""),
+                      level="warning" if skipped else "info")
 
     def _start_wandb(self, p: Profile, *, resumed: bool) -> None:
         from engine.train.wandb_log import WandbLogger, resolve_mode
@@ -326,6 +371,10 @@ class Trainer:
         if self.state is None or self.store is None:
             return
         step = self.state.step
+        if step == 0 and self._saved_step is None:  # this process trained nothing and restored nothing
+            if reason == "request":
+                self.log.info("nothing trained yet: no checkpoint to save", level="warning")
+            return
         path = self.store.path(step)
         if self._saved_step == step and reason in ("error", "final"):
             return  # nothing new since the last checkpoint
@@ -341,11 +390,32 @@ class Trainer:
                     "rng": {"seed": self.profile.run.seed, "scheme": "sampling seed = SeedSequence([seed, step])"},
                     "updates": self.state.updates, "nonfinite_in_row": self.state.nonfinite_in_row,
                     "total_steps": self.total_steps, "reason": reason}
-            path = self.store.save(step, self.state.lora, self.state.opt_state, meta)
+            path = self._write_checkpoint(step, reason, meta)
+            if path is None:
+                return
             self._saved_step = step
             if previous[0] and previous[0] not in ("checkpointing",) and reason not in ("stop", "error", "final"):
                 self.log.status(previous[0], phase=previous[1], step=step)
         self.log.emit("checkpoint", step=step, path=str(path), reason=reason, **({"detail": detail} if detail else {}))
+
+    def _write_checkpoint(self, step: int, reason: str, meta: dict[str, Any]) -> Path | None:
+        """`store.save` with the free space checked first. Short of space (or cut short by a full disk), it pauses
+        with an error saying how much to free where, and tries again on resume; at a stop or after a failure it
+        gives up, saying so (None)."""
+        from engine.train.checkpoints import DiskFull
+
+        while True:
+            try:
+                self.store.check_space(step, self.state.lora, self.state.opt_state)
+                return self.store.save(step, self.state.lora, self.state.opt_state, meta)
+            except DiskFull as exc:
+                if reason in ("stop", "error") or self.control.pending.stop:
+                    self._report_unsaved(reason, exc)
+                    return None
+                self.log.error(str(exc))
+                self.control.pause_with_error(f"disk full: {exc}")
+                if self.control.boundary(step=step).stop:   # holds until resumed; a stop ends the run
+                    return None
 
     # ------------------------------------------------------------------------------------------------------------
     # training
@@ -363,7 +433,6 @@ class Trainer:
         from engine.rewards import score_all
         from engine.train.metrics import length_metrics, mean_update_metrics, reward_metrics, sample_groups
         from engine.train.step import SequenceBatch, left_pad
-        from engine.train.text import decode_completions
 
         p = self.profile
         G = p.grpo.num_generations
@@ -380,11 +449,12 @@ class Trainer:
         position = self.iterator.state_dict()
         ids = [self.encoder.ids(e) for e in examples]
         prompt_ids = [row for row in ids for _ in range(G)]
-        on_partial = self._partial_callback(step, G) if p.logging.samples_per_step > 0 else None
+        on_partial = (self._partial_callback(step, G) if p.logging.samples_per_step > 0
+                      and p.generation.partial_every > 0 else None)   # partial_every = 0: never
         out = self.sampler(prompt_ids, temperature=p.generation.temperature, top_k=p.generation.top_k,
                            top_p=p.generation.top_p, seed=step_seed(p.run.seed, step), on_partial=on_partial,
                            partial_every=max(p.generation.partial_every, 1))
-        texts = decode_completions(self.tokenizer, out.tokens, out.lengths, self.eos_ids)
+        texts = self.encoder.completions(out.tokens, out.lengths, self.eos_ids)
         # the adapters change every step, so the sampler's re-laid-out weight copy (the size of the layer weights)
         # would only be rebuilt; meanwhile the update needs the memory
         self.sampler.release()
@@ -454,6 +524,7 @@ class Trainer:
         epoch = (step - 1) // max(self.per_epoch, 1)
         self.log.emit("step", step=step, total_steps=self.total_steps, epoch=epoch, metrics=metrics, memory=memory)
         self.history.append(dict(metrics, step=step))
+        self.watch.after_step(step, metrics, memory)
         for sample in sample_groups(step=step, questions=[e.question for e in examples],
                                     answers=[e.answer for e in examples], texts=texts, scores=scores,
                                     advantages=advantages, lengths=out.lengths, truncated=out.truncated,
@@ -468,8 +539,10 @@ class Trainer:
         t = p.training
         if t.save_interval_steps and step % t.save_interval_steps == 0:
             self._save("interval")
+        evaluation = None
         if t.eval_every_n_steps and step % t.eval_every_n_steps == 0 and step < self.total_steps:
-            self._evaluate("validation", p.eval.num_questions, step=step)
+            evaluation = self._evaluate("validation", p.eval.num_questions, step=step)
+        self.watch.after_evaluations(step, evaluation)
 
     @staticmethod
     def _advantages(total: np.ndarray, group_size: int, p: Profile) -> np.ndarray:
@@ -509,7 +582,6 @@ class Trainer:
     # evaluation
 
     def _evaluate(self, split: str, num_questions: int, *, step: int) -> Any:
-        from engine.sampler import Sampler
         from engine.train.evaluation import evaluate, select
 
         p = self.profile
@@ -521,25 +593,34 @@ class Trainer:
         self._boundary()
         self.log.status("evaluating", step=step, detail=f"{len(questions)} {split} questions ({p.eval.preset})",
                         progress=0.0)
-        if self._eval_sampler is None:
-            every = list(self.splits.validation) + list(self.splits.test)
-            self._eval_sampler = Sampler(self.model, self.tokenizer, eos_ids=self.eos_ids,
-                                         max_prompt_length=p.generation.max_prompt_length,
-                                         max_new_tokens=p.eval.max_generation_steps,
-                                         min_prompt_bucket=self.encoder.bucket(select(every, 4096)))
         batch = max(p.training.micro_batch_size * p.grpo.num_generations, 8)
 
         def progress(done: int, total: int) -> None:
             self.log.status("evaluating", step=step, progress=done / total, force=True,
                             detail=f"{done}/{total} {split} questions")
 
-        result = evaluate(self._eval_sampler, self.encoder, questions, preset=p.eval.preset, split=split,
+        result = evaluate(self._evaluation_sampler(), self.encoder, questions, preset=p.eval.preset, split=split,
                           eos_ids=self.eos_ids, batch_size=min(batch, len(questions)), seed=p.run.seed,
                           on_progress=progress)
         self._eval_sampler.release()
         self.log.emit("eval", **result.payload(step))
         self.wandb.log_eval(step, split, {k: v for k, v in result.figures().items() if isinstance(v, (int, float))})
         return result
+
+    def _evaluation_sampler(self) -> Any:
+        """The sampler of evaluations (and probes), made on first use."""
+        from engine.sampler import Sampler
+        from engine.train.evaluation import select
+
+        if self._eval_sampler is None:
+            p = self.profile
+            every = list(self.splits.validation) + list(self.splits.test)
+            self._eval_sampler = Sampler(self.model, self.tokenizer, eos_ids=self.eos_ids,
+                                         max_prompt_length=p.generation.max_prompt_length,
+                                         max_new_tokens=p.eval.max_generation_steps,
+                                         min_prompt_bucket=self.encoder.bucket(select(every, 4096)),
+                                         stop_sequences=self.encoder.stop_ids)
+        return self._eval_sampler
 
     def _finish(self) -> None:
         p = self.profile

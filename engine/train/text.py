@@ -7,24 +7,66 @@ from typing import Any, Sequence
 import numpy as np
 
 from engine.data.example import Example
-from engine.prompt import build_prompt
+from engine.prompt import build_prompt, profile_template
 
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-class PromptEncoder:
-    """Builds and tokenizes each example's chat prompt once (cached by example id)."""
+def stop_token_sequences(tokenizer: Any, stop_strings: Sequence[str]) -> list[list[int]]:
+    """The token sequences a completion ends with when its text ends with one of `stop_strings`.
 
-    def __init__(self, tokenizer: Any, instructions: str = "", max_prompt_length: int = 256):
+    A tokenizer may split the same text differently after different characters, so each string is encoded after a
+    few typical left contexts (nothing, a space, a digit, a letter, punctuation, a newline) and every distinct
+    sequence is kept."""
+    found: list[list[int]] = []
+    for text in stop_strings:
+        for left in ("", " ", "7", "a", ".", "\n"):
+            before = tokenizer.encode(left) if left else []
+            ids = tokenizer.encode(left + text)
+            if ids[:len(before)] == before and len(ids) > len(before) and ids[len(before):] not in found:
+                found.append(ids[len(before):])
+    return found
+
+
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+    """`text` up to and including the first stop string in it (all of it when there is none)."""
+    ends = [text.find(s) + len(s) for s in stop_strings if s and s in text]
+    return text[:min(ends)] if ends else text
+
+
+class PromptEncoder:
+    """Builds and tokenizes each example's prompt once (cached by example id), with the profile's template."""
+
+    def __init__(self, tokenizer: Any, instructions: str = "", max_prompt_length: int = 256,
+                 template: str | None = None, stop_strings: Sequence[str] = ()):
         self.tokenizer = tokenizer
         self.instructions = instructions or None
+        self.template = template
         self.max_prompt_length = max_prompt_length
+        self.stop_strings = tuple(stop_strings)
+        self.stop_ids = stop_token_sequences(tokenizer, self.stop_strings)
         self._cache: dict[str, list[int]] = {}
 
+    @classmethod
+    def for_profile(cls, tokenizer: Any, profile: Any) -> "PromptEncoder":
+        """The encoder a run of `profile` uses (its template, instructions, prompt length and stop strings)."""
+        _, template, instructions = profile_template(profile)
+        g = profile.generation
+        return cls(tokenizer, instructions, g.max_prompt_length, template, g.stop_strings)
+
     def text(self, example: Example) -> str:
-        return build_prompt(example.question, self.instructions)
+        return self.text_of(example.question)
+
+    def text_of(self, question: str) -> str:
+        """The prompt for a question."""
+        return build_prompt(question, self.instructions, self.template)
+
+    def completions(self, tokens: np.ndarray, lengths: np.ndarray, eos_ids: Sequence[int]) -> list[str]:
+        """Text of each generated row, cut after the first stop string (see `decode_completions`)."""
+        texts = decode_completions(self.tokenizer, tokens, lengths, eos_ids)
+        return [cut_at_stop(t, self.stop_strings) for t in texts] if self.stop_strings else texts
 
     def ids(self, example: Example) -> list[int]:
         """Token ids with BOS; longer prompts keep their last `max_prompt_length` tokens."""
