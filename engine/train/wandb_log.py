@@ -81,6 +81,19 @@ class WandbLogger:
             return
         self._safe(lambda: self._run.log({f"eval_{split}/{k}": v for k, v in figures.items()}, step=step))
 
+    def log_alert(self, alert: dict[str, Any]) -> None:
+        """An alert event as a W&B alert (notifications follow the user's W&B settings) and a count at its step;
+        a failure here never turns W&B off."""
+        if not self.active:
+            return
+        try:
+            level = self._wandb.AlertLevel.ERROR if alert.get("severity") == "error" else self._wandb.AlertLevel.WARN
+            self._run.alert(title=f"{alert.get('kind')}: {alert.get('metric')}", level=level,
+                            text=f"{alert.get('message')}. Try: {alert.get('hint')}")
+            self._run.log({f"alerts/{alert.get('kind')}": 1}, step=alert.get("step"))
+        except Exception as exc:  # noqa: BLE001
+            self.on_problem(f"W&B alert not sent: {type(exc).__name__}: {exc}")
+
     def log_samples(self, step: int, question: str, answer: str, completions: list[dict[str, Any]]) -> None:
         """Adds rows to the samples table (re-logged whole, as W&B tables are immutable)."""
         if not self.active:
