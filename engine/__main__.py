@@ -1,6 +1,7 @@
 """`python -m engine <command> ...`: the engine's process entry point.
 
-Commands: `train RUN_DIR [--resume]`, `generate PROFILE_OR_RUN PROMPT ...`, `eval RUN [--step N]`.
+Commands: `train RUN_DIR [--resume]`, `generate PROFILE_OR_RUN PROMPT ...`, `eval RUN [--step N]`,
+`export RUN --format F --out DIR`.
 Each command module is imported only when used.
 """
 
@@ -13,6 +14,7 @@ COMMANDS = {
     "train": ("engine.commands.train", "Train the run in RUN_DIR (the long-running engine process)."),
     "generate": ("engine.commands.generate", "Complete a prompt with a profile's or a run's model."),
     "eval": ("engine.commands.evaluate", "Evaluate a run's checkpoint on test questions."),
+    "export": ("engine.commands.export", "Export a run's model: PEFT adapters, merged Hugging Face folder, GGUF."),
 }
 
 

@@ -67,7 +67,7 @@ def test_a_tiny_run_writes_its_metrics_to_tensorboard(tmp_path, monkeypatch):
     paths = prepare_run(ROOT / "profiles" / "tiny.toml", [
         "training.num_batches=2", "training.eval_every_n_steps=0", "training.save_interval_steps=0",
         "eval.baseline=true", "eval.final_num_questions=2", "logging.tensorboard=true",
-        "generation.max_generation_steps=8", "eval.max_generation_steps=8"], str(tmp_path))
+        "generation.max_generation_steps=16", "eval.max_generation_steps=16"], str(tmp_path))
     assert Trainer(paths.root, install_signals=False).run() == 0
     events = read_events(paths.events)
     steps = [e for e in events if e["type"] == "step"]
