@@ -60,7 +60,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     runs = list_runs(args.output_dir)
     if not runs:
         print(f"no runs in {args.output_dir}/")
-        return EXIT_OK
+        return _print_sweeps(args.output_dir)
     print(f"{'RUN':<40} {'STATUS':<13} {'STEP':>11} {'REWARD':>8} {'ACC':>6} {'ELAPSED':>9}")
     for r in runs:
         step = f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step)
@@ -71,6 +71,16 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if unreadable:
         print(f"\n{len(unreadable)} run(s) cannot be read by you: " + "; ".join(
             f"{r.run_id} ({r.error})" for r in unreadable))
+    return _print_sweeps(args.output_dir)
+
+
+def _print_sweeps(output_dir: str) -> int:
+    from tunix_tui.sweep import format_sweeps
+
+    lines = format_sweeps(output_dir)
+    if lines:
+        print(f"\n{'SWEEP':<40} {'STATE':<9} QUEUE")
+        print("\n".join(lines))
     return EXIT_OK
 
 
@@ -93,6 +103,12 @@ def _hms(seconds: float) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.launch import prepare_run, spawn_detached
+    if args.sweep or args.yes or args.parallel != 1:
+        if not args.sweep:
+            return _fail("--yes and --parallel go with --sweep")
+        from tunix_tui.sweep import run_sweep_command
+        return run_sweep_command(args.profile, args.overrides, args.output_dir if args.output_dir_given else None,
+                                 yes=args.yes, parallel=args.parallel, detach=args.detach)
     try:  # the profile's run.output_dir unless --output-dir is given
         paths = prepare_run(args.profile, args.overrides, args.output_dir if args.output_dir_given else None)
     except ProfileError as err:
@@ -212,9 +228,23 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     return _engine(["eval", *rest])
 
 
+def cmd_sweep(args: argparse.Namespace, rest: list[str]) -> int:
+    from tunix_tui.sweep import main as sweep_main
+    given = ["--output-dir", args.output_dir] if getattr(args, "output_dir", None) else []
+    return sweep_main([*given, *rest])
+
+
 def cmd_export(args: argparse.Namespace, rest: list[str]) -> int:
     given = ["--output-dir", args.output_dir] if getattr(args, "output_dir", None) else []
     return _engine(["export", *given, *rest])
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tunix_tui.serve import serve
+    if not 0 < args.port < 65536:
+        return _fail(f"--port must be between 1 and 65535, not {args.port}")
+    return serve(host=args.host, port=args.port, profiles_dir=args.profiles_dir, output_dir=args.output_dir,
+                 public_url=args.public_url)
 
 
 def cmd_console(args: argparse.Namespace) -> int:
@@ -262,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("profile")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. training.micro_batch_size=1")
     p.add_argument("--detach", action="store_true", help="return at once; the engine runs in the background")
+    p.add_argument("--sweep", action="store_true", help="one run per combination of comma-separated values, "
+                   "e.g. grpo.beta=0.0,0.04 optimizer.learning_rate=1e-6,3e-6 (a queue that outlives the terminal)")
+    p.add_argument("--yes", action="store_true", help="with --sweep: start without asking")
+    p.add_argument("--parallel", type=int, default=1, metavar="N", help="with --sweep: runs at a time (default 1)")
 
     p = sub.add_parser("resume", help="continue a stopped or failed run from its latest checkpoint")
     p.add_argument("run", help="run directory or run id")
@@ -278,11 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attach", help="open the console on a run's dashboard")
     p.add_argument("run", help="run directory or run id")
 
+    p = sub.add_parser("serve", help="the console in a web browser (textual-serve)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; use an SSH tunnel "
+                   "from elsewhere)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--public-url", default=None, help="the address browsers use, when it differs (a proxy)")
+
     sub.add_parser("generate", help="complete a prompt with a profile's or run's model (see: generate --help)",
                    add_help=False)
     sub.add_parser("eval", help="evaluate a run's checkpoint (see: eval --help)", add_help=False)
     sub.add_parser("export", help="export a run's model as PEFT adapters, a merged Hugging Face folder or GGUF "
                    "(see: export --help)", add_help=False)
+    sub.add_parser("sweep", help="a sweep's queue: status, stop, resume (see: sweep --help)", add_help=False)
     return parser
 
 
@@ -290,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # generate/eval/export take the engine's own arguments verbatim
-    for name, fn in (("generate", cmd_generate), ("eval", cmd_eval), ("export", cmd_export)):
+    for name, fn in (("generate", cmd_generate), ("eval", cmd_eval), ("export", cmd_export), ("sweep", cmd_sweep)):
         if name in argv:
             idx = argv.index(name)
             if all(a.startswith("-") or argv[i - 1] in ("--profiles-dir", "--output-dir", "--profile")
@@ -302,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output_dir = args.output_dir if args.output_dir_given else "runs"
     handlers = {"validate": cmd_validate, "ls": cmd_ls, "show": cmd_show, "run": cmd_run, "resume": cmd_resume,
                 "ctl": cmd_ctl,
-                "attach": cmd_console, None: cmd_console}
+                "attach": cmd_console, "serve": cmd_serve, None: cmd_console}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

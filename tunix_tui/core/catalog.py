@@ -11,10 +11,11 @@ from typing import Callable
 
 from engine.profile_io import ProfileError, load_profile
 from engine.protocol import RunPaths, RunSummary, engine_alive, summarize_run
+from engine.userdirs import config_dir
 
 from tunix_tui.core import foldcache
 
-USER_PROFILES = Path.home() / ".config" / "tunix-tui" / "profiles"
+USER_PROFILES = config_dir() / "profiles"   # $TUNIX_TUI_CONFIG/profiles, else e.g. ~/.config/tunix-tui/profiles
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class RunRow:
     """One line of the run list."""
     summary: RunSummary
     elapsed: float
+    sweep: str = ""        # the sweep (tunix_tui/sweep.py) the run belongs to, if any
+    sweep_label: str = ""  # its swept values, e.g. `beta=0.04 learning_rate=1e-6`
 
     @property
     def run_id(self) -> str:
@@ -112,7 +115,7 @@ class RunCatalog:
         for gone in set(self._cache) - seen:
             del self._cache[gone]
         rows.sort(key=lambda r: (r.summary.started or 0, r.run_id), reverse=True)
-        return rows
+        return group_sweeps(rows, self.runs_dir)
 
     def _summary(self, path: Path) -> RunSummary:
         paths = RunPaths(path)
@@ -132,6 +135,35 @@ class RunCatalog:
         summary = summarize_run(path)
         self._cache[path] = (key, summary)
         return summary
+
+
+def group_sweeps(rows: list[RunRow], runs_dir: Path) -> list[RunRow]:
+    """Mark the runs of each sweep and list them together, in queue order, where the sweep's newest run is."""
+    from tunix_tui.sweep import sweep_of_runs
+
+    members = sweep_of_runs(runs_dir)
+    if not members:
+        return rows
+    order = {name: i for i, name in enumerate(members)}
+    groups: dict[str, list[RunRow]] = {}
+    out: list[RunRow | str] = []
+    for row in rows:
+        found = members.get(row.summary.path.name)
+        if found is None:
+            out.append(row)
+            continue
+        row.sweep, row.sweep_label = found
+        if row.sweep not in groups:
+            groups[row.sweep] = []
+            out.append(row.sweep)
+        groups[row.sweep].append(row)
+    flat: list[RunRow] = []
+    for entry in out:
+        if isinstance(entry, str):
+            flat += sorted(groups[entry], key=lambda r: order.get(r.summary.path.name, 0))
+        else:
+            flat.append(entry)
+    return flat
 
 
 def delete_run(run_dir: Path) -> None:

@@ -150,7 +150,8 @@ class HomeScreen(Screen):
         s = r.summary
         step = f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step)
         status = s.status if s.status != "unknown" else ("starting" if s.alive else "no events")
-        return (s.name or s.run_id, profile_label(s.profile, s.run_id) or "-", status, step, num(s.reward, ".3f"),
+        name = f"{s.name or s.run_id} · {r.sweep_label}" if r.sweep else (s.name or s.run_id)
+        return (name, profile_label(s.profile, s.run_id) or "-", status, step, num(s.reward, ".3f"),
                 pct(s.accuracy), clock_time(s.started, self.app.clock()), hms(r.elapsed) if s.started else "-")
 
     def _current_run(self) -> RunRow | None:
@@ -175,6 +176,8 @@ class HomeScreen(Screen):
         s = run.summary
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append(s.run_id, style="bold")
+        if run.sweep:
+            t.append(f"  sweep {run.sweep}: {run.sweep_label}", style="dim")
         if s.error:
             t.append(f"  {printable(s.error)}", style="red")
         elif run.can_resume:
