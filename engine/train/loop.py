@@ -334,6 +334,7 @@ class Trainer:
         self.wandb = WandbLogger(mode, project=p.run.project_name, run_name=self.paths.run_id,
                                  run_dir=self.paths.root, config=to_dict(p), resume=resumed,
                                  on_problem=lambda msg: self.log.info(msg, level="warning"))
+        self.log.listeners.append(self.wandb.on_event)   # evaluations paired with their baseline
 
     # ------------------------------------------------------------------------------------------------------------
     # control between phases
