@@ -18,9 +18,9 @@ def test_tags_of_step_and_eval_events():
     assert tags == {"train/loss": 0.5, "rewards/check_answer": 1.0, "time/rollout": 2.0, "time/tokens_per_s": 10.0,
                     "train/reward_mean": 1.5, "memory/device0_gb": 2.0}
     assert eval_scalars({"split": "test", "accuracy": 0.25, "format_accuracy": 0.5, "partial_accuracy": 0.3,
-                         "num_questions": 8, "paired_difference": {"accuracy": 0.125, "p_value": 0.5}}) == {
+                         "num_questions": 8}) == {
         "eval_test/accuracy": 0.25, "eval_test/format_accuracy": 0.5, "eval_test/partial_accuracy": 0.3,
-        "eval_test/num_questions": 8.0, "eval_test/vs_baseline_accuracy": 0.125, "eval_test/vs_baseline_p_value": 0.5}
+        "eval_test/num_questions": 8.0}
 
 
 def test_listener_writes_what_reads_back(tmp_path):
@@ -33,15 +33,19 @@ def test_listener_writes_what_reads_back(tmp_path):
     tb("sample", {"step": 2, "prompt": "What is 2+3?", "answer": "5", "completions": [
         {"text": "<answer>5</answer>", "rewards": {"check_answer": 3.0}, "total": 3.0, "advantage": 0.5,
          "length": 7, "truncated": False}]})
+    tb("eval", {"step": 0, "split": "validation", "accuracy": 0.25, "num_questions": 4,
+                "items": [["a", 0, 1], ["b", 0, 0], ["c", 1, 1], ["d", 0, 0]]})
     tb("eval", {"step": 3, "split": "validation", "accuracy": 0.75, "partial_accuracy": 0.75, "format_accuracy": 1.0,
-                "num_questions": 4})
+                "num_questions": 4, "items": [["a", 1, 1], ["b", 1, 1], ["c", 1, 1], ["d", 0, 1]]})
     tb("status", {"status": "finished"})
     assert not tb.active and not problems
     scalars = read_scalars(tmp_path / "tb")
     assert [s for s, _ in scalars["train/loss"]] == [1, 2, 3]
     assert [v for _, v in scalars["train/loss"]] == pytest.approx([0.1, 0.2, 0.3])
     assert scalars["rewards/check_answer"] == [(1, 1.0), (2, 0.0), (3, 1.0)]
-    assert scalars["eval_validation/accuracy"] == [(3, 0.75)]
+    assert scalars["eval_validation/accuracy"] == [(0, 0.25), (3, 0.75)]
+    assert scalars["eval_validation/accuracy_vs_first"] == [(3, 0.5)]
+    assert scalars["eval_validation/format_accuracy_vs_first"] == [(3, 0.5)]
     ((step, text),) = read_texts(tmp_path / "tb")["samples"]
     assert step == 2 and "What is 2+3?" in text and "<answer>5</answer>" in text and "check_answer 3.00" in text
 

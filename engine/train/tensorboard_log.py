@@ -7,8 +7,8 @@ A listener of the run's event stream (`RunLog.listeners`), so it sees exactly wh
             `memory/device<i>_gb`
     sample  the group of completions as text (`samples`, markdown: question, answer, then each completion with
             its rewards and advantage)
-    eval    `eval_<split>/accuracy`, `partial_accuracy`, `format_accuracy`, `num_questions`, and the paired
-            difference to the baseline when the event carries it
+    eval    `eval_<split>/accuracy`, `partial_accuracy`, `format_accuracy`, `num_questions`, and from the split's
+            second evaluation on, the paired difference to its first (`accuracy_vs_first`, `format_accuracy_vs_first`)
 The writer (tensorboardX, imported only when enabled) is opened at `run_started`; a resumed run purges what an
 earlier process wrote after its checkpoint's step, so the curves do not fold back. Events are flushed after each
 step and evaluation, and the file is closed at the final status. Any failure turns TensorBoard off for the rest of
@@ -53,11 +53,6 @@ def eval_scalars(payload: dict[str, Any]) -> dict[str, float]:
     for key in ("accuracy", "partial_accuracy", "format_accuracy", "num_questions"):
         if isinstance(payload.get(key), (int, float)):
             out[f"eval_{split}/{key}"] = float(payload[key])
-    diff = payload.get("paired_difference")
-    if isinstance(diff, dict):
-        for key, value in diff.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[f"eval_{split}/vs_baseline_{key}"] = float(value)
     return out
 
 
@@ -83,6 +78,7 @@ class TensorBoardLogger:
         self.on_problem = on_problem or (lambda message: log.warning("%s", message))
         self._writer: Any = None
         self._off = False
+        self._pairs: Any = None
 
     @property
     def active(self) -> bool:
@@ -116,8 +112,16 @@ class TensorBoardLogger:
             elif type_ == "sample" and self._ensure():
                 self._writer.add_text("samples", sample_text(payload), int(payload.get("step") or 0))
             elif type_ == "eval" and self._ensure():
+                from engine.train.evalpairs import EvalPairs
+
                 step = int(payload.get("step") or 0)
-                for tag, value in eval_scalars(payload).items():
+                scalars = eval_scalars(payload)
+                if self._pairs is None:
+                    self._pairs = EvalPairs(self.folder.parent / "events.jsonl")
+                for name, diff in (self._pairs.add(payload) or {}).items():
+                    if name != "baseline_step":
+                        scalars[f"eval_{payload.get('split')}/{name}_vs_first"] = diff.diff
+                for tag, value in scalars.items():
                     self._writer.add_scalar(tag, value, step)
                 self._writer.flush()
             elif type_ == "status" and payload.get("status") in FINAL:
