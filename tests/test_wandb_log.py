@@ -7,6 +7,7 @@ import glob
 import json
 import struct
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -90,6 +91,8 @@ def wandb_records(path: str | Path):
         if length == 0 and kind == 0:
             pos += left
             continue
+        if pos + 7 + length > len(data):
+            break   # a record still being written
         chunks.append(data[pos + 7:pos + 7 + length])
         pos += 7 + length
         if kind in (1, 4):   # a whole record, or the last piece of one
@@ -116,16 +119,21 @@ def test_an_offline_run_holds_everything_for_wandb_sync(monkeypatch, tmp_path):
     assert len(tables) == 2
     table = json.loads(tables[0].read_text())
     assert "reward/check_answer" in table["columns"] and len(table["data"]) == 2
-    history, summary, kinds = [], {}, set()
-    for record in wandb_records(wandb_file):
-        kind = record.WhichOneof("record_type")
-        kinds.add(kind)
-        if kind == "history":
-            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                            for item in record.history.item})
-        elif kind == "summary":
-            summary.update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                            for item in record.summary.update})
+    deadline = time.monotonic() + 120
+    while True:   # wandb's service process writes the file; under load the last records may come a little later
+        history, summary, kinds = [], {}, set()
+        for record in wandb_records(wandb_file):
+            kind = record.WhichOneof("record_type")
+            kinds.add(kind)
+            if kind == "history":
+                history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                for item in record.history.item})
+            elif kind == "summary":
+                summary.update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                for item in record.summary.update})
+        if "exit" in kinds or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
     assert {"run", "history", "summary", "exit"} <= kinds          # a complete run, as `wandb sync` reads it
     assert [h["_step"] for h in history if "train/loss" in h] == [1, 2]
     assert all(h["rewards/check_answer"] == 1.5 and h["completions/_type"] == "table-file"
