@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -48,8 +49,7 @@ def heldout_builtin(n: int, exclude: set[str]) -> list[Example]:
     for difficulty, count in ((1, n // 2), (2, n - n // 2)):
         pool = [e for e in generate_problems(4 * count + 16, seed=HELDOUT_SEED + difficulty, difficulty=difficulty)
                 if e.question not in exclude]
-        out += [Example(id=f"builtin{difficulty}-{i}", question=e.question, answer=e.answer)
-                for i, e in enumerate(pool[:count])]
+        out += [dataclasses.replace(e, id=f"builtin{difficulty}-{i}") for i, e in enumerate(pool[:count])]
     return out
 
 
@@ -80,8 +80,13 @@ def evaluate_set(model: Any, tokenizer: Any, profile: Any, examples: Sequence[Ex
     sampler = Sampler(model, tokenizer, eos_ids=eos, max_prompt_length=encoder.max_prompt_length,
                       max_new_tokens=max_tokens, min_prompt_bucket=encoder.bucket(examples),
                       stop_sequences=encoder.stop_ids)
+    start = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        print(f"  evaluated {done}/{total} ({time.perf_counter() - start:.0f} s)", flush=True)
+
     result = evaluate(sampler, encoder, examples, preset="greedy", split="heldout", eos_ids=eos,
-                      batch_size=min(batch, len(examples)))
+                      batch_size=min(batch, len(examples)), on_progress=progress)
     sampler.release()
     prompts = [encoder.text(e) for e in examples]
     approx = match_format_approximately(prompts, [r["completion"] for r in result.records], [])  # answers unused
@@ -90,6 +95,19 @@ def evaluate_set(model: Any, tokenizer: Any, profile: Any, examples: Sequence[Ex
         record.update(strict_format=bool(record["format_correct"]), approx_format=score == 2.0,
                       last_number_correct=guess is not None and true is not None and float(guess) == true)
     return result.records
+
+
+def reusable_baseline(path: str, sets: dict[str, list[Example]], max_tokens: int) -> dict[str, list[dict[str, Any]]]:
+    """The baseline records of an earlier result for each set whose questions (ids and texts) are the same."""
+    earlier = json.loads(Path(path).read_text())
+    if earlier.get("max_tokens") != max_tokens:
+        return {}
+    out = {}
+    for name, examples in sets.items():
+        records = earlier.get("baseline_records", {}).get(name)
+        if records and [(r["id"], r["question"]) for r in records] == [(e.id, e.question) for e in examples]:
+            out[name] = records
+    return out
 
 
 def summarise(records: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -191,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", default="", help="evaluate this finished run instead of training one")
     ap.add_argument("--output-dir", default=str(ROOT / "runs"), help="where the training run goes")
     ap.add_argument("--out", default="", help="JSON result file (default: learning-seed<S>.json in the run)")
+    ap.add_argument("--baseline-from", default="", help="reuse the baseline of an earlier result JSON when it was "
+                    "taken on the same questions with the same length (greedy decoding of the base model is "
+                    "deterministic)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for the training run")
     args = ap.parse_args(argv)
     if not args.gsm8k and args.gsm8k_questions:
@@ -213,9 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load_policy(profile)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    before = {k: evaluate_set(model, tokenizer, profile, v, max_tokens=max_tokens, batch=args.batch)
+    reused = reusable_baseline(args.baseline_from, sets, max_tokens) if args.baseline_from else {}
+    before = {k: reused.get(k) or evaluate_set(model, tokenizer, profile, v, max_tokens=max_tokens, batch=args.batch)
               for k, v in sets.items()}
     timings["baseline_eval_s"] = time.perf_counter() - t0
+    if reused:
+        print(f"baseline of {', '.join(reused)} reused from {args.baseline_from} (same questions, greedy, same "
+              f"length)", flush=True)
     print("baseline:", {k: {m: round(x, 3) for m, x in summarise(v).items()} for k, v in before.items()}, flush=True)
 
     if run_dir is None:
@@ -238,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                                         "after": a["completion"], "correct": [b["correct"], a["correct"]],
                                         "strict_format": [b["strict_format"], a["strict_format"]]}
                                        for b, a in zip(before[k], after[k])]}
-                       for k in sets}}
+                       for k in sets},
+              "baseline_records": before}
     out = Path(args.out) if args.out else run_dir / f"learning-seed{profile.run.seed}.json"
     out.write_text(json.dumps(result, indent=1))
     print(table(result))

@@ -83,7 +83,7 @@ class DataSection:
 class PromptSection:
     """The prompt around each question: a chat turn for instruction-tuned weights, a worked list for base ones."""
     template: str = spec("auto", "`chat` (Gemma's chat turn, for instruction-tuned `-it` weights), `completion` "
-                         "(two worked examples then the question, for pretrained weights such as the offline GGUF), "
+                         "(three worked examples then the question, for pretrained weights such as the offline GGUF), "
                          "`auto` (chosen from the weights' name), or a template of your own with `{question}` and "
                          "`{instructions}`.", multiline=True)
     instructions: str = spec("", "Instruction text before the question; empty uses the template's built-in text "

@@ -13,12 +13,12 @@ Two built-in templates (`prompt.template`):
 
 * `completion`, for pretrained (base) weights, such as the offline Gemma 3 270M package. A base model continues text;
   in the chat template it repeats the question. So the question is written as the next item of a short worked list
-  (two solved problems of our own, in the answer format), and the model completes it:
+  (three solved problems of our own, one operation each, in the answer format), and the model completes it:
 
       {instructions}
 
       Question: <example 1>
-      Answer: <reasoning>…</reasoning> <answer>7</answer>
+      Answer: <reasoning>12 + 7 = 19</reasoning> <answer>19</answer>
       …
       Question: {question}
       Answer:
@@ -51,12 +51,12 @@ COMPLETION_INSTRUCTIONS = "Solve each problem. Show the working, then give the f
 CHAT_TEMPLATE = "<start_of_turn>user\n{instructions}\n\n{question}<end_of_turn>\n<start_of_turn>model\n"
 COMPLETION_TEMPLATE = (
     "{instructions}\n\n"
-    "Question: Mia has 12 pens. She gives 5 pens to her brother. How many pens does she have now?\n"
-    f"Answer: {REASONING_START}Mia starts with 12 pens and gives away 5, so she has 12 - 5 = 7 pens."
-    f"{REASONING_END} {ANSWER_START}7{ANSWER_END}\n\n"
-    "Question: A shop sells boxes of 6 muffins. Leo buys 3 boxes and eats 4 muffins. How many muffins are left?\n"
-    f"Answer: {REASONING_START}3 boxes hold 3 * 6 = 18 muffins. After eating 4, 18 - 4 = 14 muffins are left."
-    f"{REASONING_END} {ANSWER_START}14{ANSWER_END}\n\n"
+    "Question: Mia has 12 pens. Her aunt gives her 7 pens. How many pens does Mia have now?\n"
+    f"Answer: {REASONING_START}12 + 7 = 19{REASONING_END} {ANSWER_START}19{ANSWER_END}\n\n"
+    "Question: Leo has 30 dollars. He spends 8 dollars on lunch. How much money does Leo have now?\n"
+    f"Answer: {REASONING_START}30 - 8 = 22{REASONING_END} {ANSWER_START}22{ANSWER_END}\n\n"
+    "Question: A box holds 6 eggs. How many eggs are in 4 boxes?\n"
+    f"Answer: {REASONING_START}4 * 6 = 24{REASONING_END} {ANSWER_START}24{ANSWER_END}\n\n"
     "Question: {question}\n"
     "Answer:"
 )

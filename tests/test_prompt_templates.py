@@ -40,7 +40,7 @@ def test_completion_prompt_is_a_worked_list_ending_in_the_question():
     _, template, instructions = resolve_template("auto", source="gguf")
     text = build_prompt("Tom has 3 apples and buys 5 more. How many apples does he have?", instructions, template)
     assert text.endswith("Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer:")
-    assert "<start_of_turn>" not in text and text.count("<answer>") == 2   # the two worked examples
+    assert "<start_of_turn>" not in text and text.count("<answer>") == 3   # the three worked examples
     assert "<answer>" not in instructions   # the instructions do not spell the tags out
 
 

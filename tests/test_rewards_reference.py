@@ -65,8 +65,8 @@ def test_match_format_approximately(completion, expected):
     (fmt("79"), "100", -1.0),
     (fmt("50"), "100", -1.0),
     (fmt("500"), "100", -1.0),
-    (fmt("four"), "4", -0.5),            # not a number
-    (fmt("4 apples"), "4", -0.5),
+    (fmt("four"), "4", -1.0),            # not a number: no better than a wrong one (the reference: -0.5)
+    (fmt("4 apples"), "4", -1.0),
     # negatives
     (fmt("-5"), "-5", 3.0),
     (fmt("5"), "-5", -1.0),              # ratio -1: wrong, not a match
@@ -150,10 +150,10 @@ def test_copying_the_instructions_earns_no_format_reward():
 def test_copying_a_worked_example_earns_no_format_reward():
     _, template, instructions = resolve_template("completion", source="gguf")
     prompt = build_prompt("Ava has 9 stamps and buys 5 more. How many stamps?", instructions, template)
-    copied = (" <reasoning>3 boxes hold 3 * 6 = 18 muffins. After eating 4, 18 - 4 = 14 muffins are left."
-              "</reasoning> <answer>14</answer>")
-    assert copied_fraction(prompt, copied) == 1.0
-    assert _scores(prompt, copied, "14") == [0.0, -2.0, 0.0]
+    copied = (" <reasoning>A box holds 6 eggs. How many eggs are in 4 boxes? 4 * 6 = 24</reasoning> "
+              "<answer>24</answer>")
+    assert copied_fraction(prompt, copied) >= 0.75 and is_echo(prompt, copied)
+    assert _scores(prompt, copied, "24") == [0.0, -2.0, 0.0]
     own = " <reasoning>Ava has 9 stamps and buys 5 more, so 9 + 5 = 14.</reasoning> <answer>14</answer>"
     assert _scores(prompt, own, "14") == [3.0, 2.0, 3.0]   # restating a few words of the question is fine
 

@@ -18,6 +18,8 @@ Two holes of the reference closed, so that no format reward can be had without a
   6+ words that also stand in its prompt outside the question is an echo (of the instructions, of a worked example):
   `match_format_exactly` and `check_answer` give it 0, `match_format_approximately` -2.0 as if it had no tags. Seen
   without this: a run learned in 7 steps to copy the instruction text, which names each tag once (+2.0 each);
+- an answer that is not a number scores -1.0 like a wrong one (the reference gave -0.5, so a run learned to write
+  words between the answer tags: `<answer>the</answer>` beat a wrong number);
 - an empty answer is no answer: the exact format needs some text between `<answer>` and `</answer>` (and in the
   reasoning), and
   `match_format_approximately` counts the two answer tags only around some text.
@@ -145,7 +147,7 @@ def answer_score(guess: str | None, true_answer: str) -> float:
         return 1.5
     g, t = parse_number(guess), parse_number(true_answer)
     if g is None or t is None:
-        return -0.5
+        return -1.0
     if g == t:
         return 1.5
     if t == 0:
@@ -160,7 +162,7 @@ def answer_score(guess: str | None, true_answer: str) -> float:
 
 def check_answer(prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str]) -> list[float]:
     """0 without the exact format; 3.0 exact match; 1.5 equal after stripping spaces (or the same number written
-    differently); else by ratio guess/true: 0.9-1.1 -> 0.5, 0.8-1.2 -> 0.25, otherwise -1.0; not a number -> -0.5."""
+    differently); else by ratio guess/true: 0.9-1.1 -> 0.5, 0.8-1.2 -> 0.25, otherwise -1.0; not a number -> -1.0."""
     _check_lengths(completions, answers)
     _check_lengths(completions, prompts)
     return [0.0 if is_echo(p, c) else answer_score(extract_formatted_answer(c), a)
