@@ -12,10 +12,11 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from textual.app import App
 from textual.binding import Binding
+from textual.filter import LineFilter
 
 from engine.launch import prepare_run, spawn_detached
 from engine.profile_io import ProfileError
@@ -23,6 +24,7 @@ from engine.protocol import engine_alive
 
 from tunix_tui.commands import ScreenActions
 from tunix_tui.core.catalog import USER_PROFILES
+from tunix_tui.theme import DEFAULT_DARK, DEFAULT_LIGHT, THEMES, ReadableDim
 
 Spawner = Callable[..., int]  # (run_dir, resume=False) -> pid
 
@@ -42,9 +44,12 @@ class TunixApp(App[None]):
     def __init__(self, profiles_dir: Path = Path("profiles"), runs_dir: Path = Path("runs"),
                  attach: Path | None = None, profile: Path | None = None, *, user_profiles_dir: Path | None = None,
                  clock: Callable[[], float] = time.time, spawn: Spawner | None = None, poll_interval: float = 0.5,
-                 redraw_interval: float = 0.5, runs_refresh: float = 2.0, theme: str = "textual-dark",
+                 redraw_interval: float = 0.5, runs_refresh: float = 2.0, theme: str = DEFAULT_DARK,
                  cursor_blink: bool = True):
         super().__init__()
+        for readable in THEMES.values():
+            self.register_theme(readable)
+        self._readable_dim = ReadableDim()
         self.profiles_dir = Path(profiles_dir)
         self.runs_dir = Path(runs_dir)
         self.user_profiles_dir = Path(user_profiles_dir) if user_profiles_dir else USER_PROFILES
@@ -122,7 +127,14 @@ class TunixApp(App[None]):
     # -- theme, quitting, hang-up ------------------------------------------------------------------------------
 
     def action_toggle_theme(self) -> None:
-        self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
+        self.theme = DEFAULT_LIGHT if self.current_theme.dark else DEFAULT_DARK
+
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        # our own variables, for any theme (ours override them): "muted" text
+        return {**super().get_theme_variable_defaults(), "muted": THEMES[DEFAULT_DARK].variables["muted"]}
+
+    def get_line_filters(self) -> Sequence[LineFilter]:
+        return [*super().get_line_filters(), self._readable_dim]  # "dim" text stays readable (tunix_tui/theme.py)
 
     def _theme_changed(self, theme: Any) -> None:
         for screen in self.screen_stack:  # colours are resolved when drawing: draw again
