@@ -62,6 +62,12 @@ PROBE_QUESTIONS = ("Tom has 3 apples and buys 5 more. How many apples does he ha
                    "Ana reads 2 pages a day for 8 days. How many pages does she read?")
 
 
+def eval_items(n: int, correct: int, strict: int, offset: int = 0) -> list[list[int]]:
+    """`n` per-question rows [id, correct, strict format]: the first `correct` (from `offset`, wrapping) right, the
+    first `strict` in the strict format."""
+    return [[q, int((q - offset) % n < correct), int(q < strict)] for q in range(n)]
+
+
 def completions_for(step: int, group: int = 4, rewards: tuple[str, ...] = BUILTIN_REWARDS) -> list[dict[str, Any]]:
     out = []
     for j in range(group):
@@ -130,29 +136,41 @@ class FakeEngine:
                   step=step, total_steps=total, profile=profile)
 
     def status(self, status: str, phase: str = "", *, step: int | None = None, detail: str = "",
-               progress: float | None = None) -> None:
-        self.emit("status", status=status, phase=phase or None, step=step, detail=detail, progress=progress)
+               progress: float | None = None, **extra: Any) -> None:
+        self.emit("status", status=status, phase=phase or None, step=step, detail=detail, progress=progress, **extra)
 
     def data_info(self) -> None:
         self.emit("data_info", train=190, validation=10, test=4, dropped=0, source="builtin")
 
-    def step(self, step: int, total: int = 10, **overrides: float) -> None:
+    def step(self, step: int, total: int = 10, *, steady: bool | None = None, **overrides: float) -> None:
+        """A step event; `steady` False marks a step that compiled (None: no mark, as older engines wrote)."""
         m = metrics_for(step)
         m.update(overrides)
-        self.emit("step", step=step, total_steps=total, epoch=0, metrics=m, memory=memory_for(step))
+        extra = {} if steady is None else {"steady": steady}
+        self.emit("step", step=step, total_steps=total, epoch=0, metrics=m, memory=memory_for(step), **extra)
 
     def sample(self, step: int, group: int = 4) -> None:
         self.emit("sample", step=step, prompt=f"Question {step}: Tom has 3 apples and buys 5 more. How many?",
                   answer="8", completions=completions_for(step, group))
 
-    def partial(self, step: int, tokens_done: int, max_tokens: int = 24) -> None:
-        self.emit("partial", step=step, tokens_done=tokens_done, max_tokens=max_tokens,
-                  texts=[COMPLETION[: tokens_done * 3], "I think"])
+    def partial(self, step: int, tokens_done: int, max_tokens: int = 24, group: int = 4, **extra: Any) -> None:
+        """Text generated so far for every completion of the first group."""
+        texts = [COMPLETION[: tokens_done * 3]] + [f"I think the answer is {7 + j}"[: tokens_done * 2]
+                                                  for j in range(1, group)]
+        self.emit("partial", step=step, tokens_done=tokens_done, max_tokens=max_tokens, texts=texts, **extra)
 
-    def eval(self, step: int, accuracy: float = 0.25) -> None:
-        self.emit("eval", step=step, split="validation", num_questions=4, accuracy=accuracy,
-                  partial_accuracy=min(1.0, accuracy + 0.25), format_accuracy=0.75, preset="greedy",
-                  examples=[{"question": "2+2?", "answer": "4", "completion": "<answer>4</answer>", "correct": True}])
+    def eval(self, step: int, accuracy: float = 0.25, *, split: str = "validation", items: list | None = None,
+             format_accuracy: float = 0.75, **extra: Any) -> None:
+        """An evaluation; `items` are [question id, correct, strict format] rows (`eval_items` makes some)."""
+        payload: dict[str, Any] = {} if items is None else {"items": items}
+        payload.update(extra)
+        self.emit("eval", step=step, split=split, num_questions=len(items) if items else 4, accuracy=accuracy,
+                  partial_accuracy=min(1.0, accuracy + 0.25), format_accuracy=format_accuracy, preset="greedy",
+                  examples=[{"question": "2+2?", "answer": "4", "completion": "<answer>4</answer>", "correct": True}],
+                  **payload)
+
+    def summary(self, **fields: Any) -> None:
+        self.emit("summary", **fields)
 
     def checkpoint(self, step: int, reason: str = "interval") -> None:
         path = self.paths.checkpoints / str(step)
@@ -351,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for emit in (lambda: eng.status("running", "rollout", step=step, progress=0.0),
                      lambda: eng.partial(step, 8), lambda: eng.status("running", "update", step=step),
-                     lambda: eng.step(step, args.steps), lambda: eng.sample(step)):
+                     lambda: eng.step(step, args.steps, steady=step > first), lambda: eng.sample(step)):
             if gap:
                 pace()
             emit()

@@ -139,7 +139,7 @@ async def test_every_pane_updates_from_its_events(tmp_path: Path):
         eng.log("engine says hello")
         await drawn(pilot, app, lambda s: s.checkpoints and len(s.samples) == 1)
         text = screen_text(app)
-        assert "step 1/10" in text and "123 tok/s" in text                  # header
+        assert "1/10 done" in text and "123 tok/s" in text                  # header
         assert "loss 0.0123" in text and "KL 0.0042" in text                # loss and KL
         assert "total " in text and "exact" in text and "zero-spread groups" in text  # rewards
         assert "in use" in text and "peak" in text                          # memory
@@ -152,7 +152,7 @@ async def test_every_pane_updates_from_its_events(tmp_path: Path):
         for s in range(2, 6):
             eng.full_step(s)
         await drawn(pilot, app, lambda s: s.step == 5)
-        assert "step 5/10" in screen_text(app)
+        assert "5/10 done" in screen_text(app)
 
 
 async def test_tabs_at_80x24_show_each_pane(tmp_path: Path):
@@ -331,7 +331,7 @@ async def test_resizing_while_events_stream_in(tmp_path: Path):
             await pilot.pause(0.02)
         await drawn(pilot, app, lambda s: s.step == 60)
         await wait_until(pilot, lambda: dash(app).mode == "wide")
-        assert "step 60/200" in screen_text(app) and "drawing failed" not in dash(app).state.last_problem
+        assert "60/200 done" in screen_text(app) and "drawing failed" not in dash(app).state.last_problem
 
 
 async def test_back_leaves_the_engine_running_and_says_so(tmp_path: Path):

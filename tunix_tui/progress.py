@@ -9,6 +9,18 @@ def _num(value: Any, fmt: str = ".3f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _sig(value: Any, digits: int = 3) -> str:
+    """A number with `digits` significant digits (`1.23e-05`, `0.0123`, `12.3`), so small values never print as
+    0.0000."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-"
+    if value == 0:
+        return "0"
+    if abs(value) < 1e-3 or abs(value) >= 1e5:
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{digits}g}"
+
+
 def _bytes(n: Any) -> str:
     if n is None:
         return "-"
@@ -21,13 +33,14 @@ def _bytes(n: Any) -> str:
 
 
 def format_step(ev: dict[str, Any]) -> str:
-    """`step 3/20 reward 1.25±0.80 loss 0.0123 kl 0.0041 len 96 4.1s (roll 2.9 ref 0.3 upd 0.9) 94 tok/s mem 3.1 GB`."""
+    """`step 3/20 reward 1.25 std 0.8 loss 0.0123 kl 4.1e-03 len 96 4.1s (roll 2.9 ref 0.3 upd 0.9) 94 tok/s mem 3.1 GB`
+    (loss, KL and rewards with significant digits: 1e-5 prints as 1.00e-05, not 0.0000)."""
     m = ev.get("metrics") or {}
     total = ev.get("total_steps")
     head = f"step {ev.get('step')}" + (f"/{total}" if total else "")
     parts = [head,
-             f"reward {_num(m.get('reward_mean'), '.2f')}±{_num(m.get('reward_std'), '.2f')}",
-             f"loss {_num(m.get('loss'), '.4f')}", f"kl {_num(m.get('kl'), '.4f')}",
+             f"reward {_sig(m.get('reward_mean'))} std {_sig(m.get('reward_std'))}",
+             f"loss {_sig(m.get('loss'))}", f"kl {_sig(m.get('kl'))}",
              f"len {_num(m.get('completion_length_mean'), '.0f')}",
              f"{_num(m.get('time_step'), '.1f')}s (roll {_num(m.get('time_rollout'), '.1f')} "
              f"ref {_num(m.get('time_reference'), '.1f')} upd {_num(m.get('time_update'), '.1f')})",

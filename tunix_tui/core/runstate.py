@@ -24,7 +24,8 @@ from tunix_tui.core.history import StepHistory
 from tunix_tui.core.reader import line_step, read_line_at
 from tunix_tui.core.text import printable, profile_label
 
-PARTS = ("header", "train", "system", "eval", "samples", "log", "control", "alerts", "probes")
+NOTICE_TTL = 30.0  # seconds a notice (an acknowledgement) stays in the header; older ones are history, not news
+PARTS = ("header", "train", "system", "eval", "samples", "log", "control", "alerts", "probes", "config")
 
 
 @dataclass(slots=True)
@@ -38,6 +39,7 @@ class EvalPoint:
     format_accuracy: float | None
     preset: str
     t: float
+    source: str = ""  # "cli" for `tunix-tui eval`; "" during training
 
 
 @dataclass(slots=True)
@@ -254,15 +256,22 @@ class RunState:
     phase_since: float | None = None
     last_event_t: float | None = None
     # progress and metrics
-    step: int = 0
+    step: int = 0  # the step in progress (or the last one done, between steps)
+    done: int = 0  # the last step completed (its step event arrived)
     total_steps: int = 0
     epoch: int | None = None
+    steady_steps: int = 0  # steps since the last (re)start that did not include compiling
+    steps_since_start: int = 0  # step events since the last run_started
+    compile_cache: str = ""  # "hit" / "miss" when the engine says whether its compiled programs came from the cache
+    summary: dict[str, Any] | None = None  # the engine's summary event of a finished run
+    finished_t: float | None = None  # when the run reached a final status
     latest: dict[str, Any] = field(default_factory=dict)
     memory: list[dict[str, Any]] = field(default_factory=list)
     data_info: dict[str, Any] | None = None
     # bounded collections
     evals: deque = field(default_factory=lambda: deque(maxlen=2000))
     eval_examples: list[Any] = field(default_factory=list)
+    eval_items: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> baseline / latest per-question
     checkpoints: deque = field(default_factory=lambda: deque(maxlen=100))
     errors: deque = field(default_factory=lambda: deque(maxlen=20))
     feed: deque = field(default_factory=lambda: deque(maxlen=400))
@@ -277,6 +286,7 @@ class RunState:
     stopping: bool = False
     pending: dict[str, Pending] = field(default_factory=dict)
     last_ack: str = ""
+    last_ack_t: float | None = None
     # the engine process and the files
     alive: bool | None = None  # None until checked
     gone: bool = False  # the run folder was deleted
@@ -340,19 +350,38 @@ class RunState:
         return bool(self.alive) and not self.final and not self.gone
 
     def seconds_per_step(self) -> float | None:
-        """Recent wall time per step (from step event times), else the last step's own time."""
+        """Recent wall time per step from steady-state steps only (those that compiled nothing): from their event
+        times, else the last one's own time; None before the first steady step."""
         if len(self.step_times) >= 2:
             (t0, s0), (t1, s1) = self.step_times[0], self.step_times[-1]
             if s1 > s0 and t1 > t0:
                 return (t1 - t0) / (s1 - s0)
+        if not self.steady_steps:
+            return None
         return _num(self.latest.get("time_step"))
 
     def eta(self) -> float | None:
-        """Seconds until the last step, at the recent pace."""
+        """Seconds until the last step, at the steady pace (None until a steady step was timed)."""
         per = self.seconds_per_step()
         if per is None or not self.total_steps or self.final:
             return None
-        return max(0, self.total_steps - self.step) * per
+        return max(0, self.total_steps - self.done) * per
+
+    def notice(self, now: float) -> str:
+        """The latest acknowledgement while it is news (younger than NOTICE_TTL), else ""."""
+        if not self.last_ack or self.last_ack_t is None or now - self.last_ack_t > NOTICE_TTL:
+            return ""
+        return self.last_ack
+
+    def generating(self) -> dict[str, Any] | None:
+        """The text being generated now: the partial event while the rollout (or an evaluation) runs, else None
+        (the partial line ends with the rollout)."""
+        if self.final or not (self.status == "running" and self.phase == "rollout"):
+            return None
+        partial = self.latest_partial()
+        if partial is None or partial.get("done"):
+            return None
+        return partial
 
     def error(self) -> tuple[str, str] | None:
         """The latest error's message and traceback."""
@@ -592,9 +621,13 @@ class RunState:
         self.pid = ev.get("pid") if isinstance(ev.get("pid"), int) else self.pid
         self.total_steps = int(ev.get("total_steps") or self.total_steps)
         self.step = int(ev.get("step") or self.step)
+        self.done = self.step
         self.paused = self.stopping = False
         self.pending.clear()
-        self.step_times.clear()
+        self.step_times.clear()  # a new engine compiles again: its first step is no measure of the pace
+        self.steady_steps = self.steps_since_start = 0
+        self.finished_t = None
+        self._compile_cache(ev)
         if not self.status or self.status in FINAL_STATUSES:
             self._set_status(ev, "starting", "")
         what = "resumed" if ev.get("resumed") else "started"
@@ -614,17 +647,25 @@ class RunState:
 
     def _on_status(self, ev: dict[str, Any], offset: int | None) -> None:
         status = str(ev.get("status") or "")
-        before = self.status
+        before, before_phase = self.status, self.phase
         changed = self._set_status(ev, status, str(ev.get("phase") or ""))
+        if (changed or before_phase != self.phase) and (self.partial is not None or self._partial_raw is not None):
+            self.touch("samples")  # the rollout's partial line shows only while it runs
+        if status == "evaluating" or before == "evaluating":
+            self.touch("eval")  # evaluation progress, batch by batch
         self.detail = str(ev.get("detail") or "")
         self.progress = _num(ev.get("progress"))
         if ev.get("step") is not None:
             self.step = int(ev["step"])
+        if ev.get("compile_cache") is not None:
+            self._compile_cache(ev)
         if status == "paused":
             self.paused = True
         elif status in FINAL_STATUSES:
             self.paused = False
             self.pending.clear()
+            if changed:
+                self.finished_t = _num(ev.get("t"))
         elif before == "paused" and status == "running":
             self.paused = False
         if changed:
@@ -689,7 +730,7 @@ class RunState:
                 latest[peak] = dev.get("peak")
         # nothing can fail from here on
         self.history.extend(steps, columns)
-        self.step = steps[-1]
+        self.step = self.done = steps[-1]
         if total is not None:
             self.total_steps = total
         if epoch is not None:
@@ -697,23 +738,83 @@ class RunState:
         if memory:
             self.memory = memory
         self.latest = latest
-        for ev, step in zip(evs[-self.step_times.maxlen:], steps[-self.step_times.maxlen:]):
-            t = ev.get("t")
-            if isinstance(t, (int, float)):
-                self.step_times.append((t, step))
+        # the pace counts steady-state steps only: the engine marks a step that compiled with "steady": false;
+        # without the mark, the first step after each (re)start is taken to have compiled
+        since = self.steps_since_start
+        for ev, step in zip(evs, steps):
+            mark = ev.get("steady")
+            steady = mark if isinstance(mark, bool) else since > 0
+            since += 1
+            if steady:
+                self.steady_steps += 1
+                t = ev.get("t")
+                if isinstance(t, (int, float)):
+                    self.step_times.append((t, step))
+            else:
+                self.step_times.clear()  # the pace starts again after a step that compiled
+        self.steps_since_start = since
+        if evs[-1].get("compile_cache") is not None:
+            self._compile_cache(evs[-1])
         self.dirty.update(("header", "train", "system"))
+
+    def _compile_cache(self, ev: dict[str, Any]) -> None:
+        """Whether the engine's compiled programs came from the persistent cache: an event's `compile_cache` is
+        true/false, "hit"/"miss", or {"hit": ...}."""
+        value = ev.get("compile_cache")
+        if isinstance(value, dict):
+            value = value.get("hit")
+        if isinstance(value, bool):
+            self.compile_cache = "hit" if value else "miss"
+        elif value in ("hit", "miss"):
+            self.compile_cache = str(value)
 
     def _on_eval(self, ev: dict[str, Any], offset: int | None) -> None:
         point = EvalPoint(int(ev.get("step") or 0), str(ev.get("split") or ""), int(ev.get("num_questions") or 0),
                           _num(ev.get("accuracy")), _num(ev.get("partial_accuracy")),
-                          _num(ev.get("format_accuracy")), str(ev.get("preset") or ""), _num(ev.get("t")) or 0.0)
+                          _num(ev.get("format_accuracy")), str(ev.get("preset") or ""), _num(ev.get("t")) or 0.0,
+                          str(ev.get("source") or ""))
         self.evals.append(point)
         examples = ev.get("examples")
         self.eval_examples = list(examples)[:50] if isinstance(examples, list) else []
+        items = ev.get("items")
+        if isinstance(items, list):  # [question id, correct 0/1, strict format 0/1] per question
+            rows = tuple((row[0], int(bool(row[1])), int(bool(row[2]))) for row in items
+                         if isinstance(row, (list, tuple)) and len(row) >= 3 and isinstance(row[0], (int, str)))
+            entry = self.eval_items.setdefault(point.split, {})
+            entry.setdefault("baseline", (point, rows))  # the earliest evaluation of the split
+            entry["latest"] = (point, rows)
         acc = f"{100 * point.accuracy:.1f}%" if point.accuracy is not None else "-"
-        self._feed(ev, "eval", f"eval at step {point.step} on {point.num_questions} {point.split} questions: "
+        by = " (tunix-tui eval)" if point.source == "cli" else ""
+        self._feed(ev, "eval", f"eval at step {point.step} on {point.num_questions} {point.split} questions{by}: "
                    f"accuracy {acc}")
         self.touch("eval", "log")
+
+    def eval_comparison(self, split: str) -> dict[str, Any] | None:
+        """Baseline (the split's earliest evaluation) against its latest, paired by question id: {"baseline",
+        "latest": EvalPoint, "accuracy", "format": PairedDiff}; None until a split has two evaluations with
+        per-question results in common."""
+        entry = self.eval_items.get(split)
+        if not entry or entry["baseline"][0] is entry["latest"][0]:
+            return None
+        key = (id(entry["baseline"][0]), id(entry["latest"][0]))
+        cache = self.__dict__.setdefault("_comparisons", {})
+        if split in cache and cache[split][0] == key:
+            return cache[split][1]
+        from engine.evalstats import pair_by_id, paired_difference
+        (first, before), (last, after) = entry["baseline"], entry["latest"]
+        out: dict[str, Any] | None = {"baseline": first, "latest": last}
+        for name, column in (("accuracy", 1), ("format", 2)):
+            b, a = pair_by_id(before, after, column)
+            if not b:
+                out = None
+                break
+            out[name] = paired_difference(b, a)  # type: ignore[index]
+        cache[split] = (key, out)
+        return out
+
+    def _on_summary(self, ev: dict[str, Any], offset: int | None) -> None:
+        self.summary = {k: v for k, v in ev.items() if k not in ("v", "seq", "type")}
+        self.touch("header", "eval", "log")
 
     def _on_checkpoint(self, ev: dict[str, Any], offset: int | None) -> None:
         self.checkpoints.append((int(ev.get("step") or 0), str(ev.get("path") or ""), str(ev.get("reason") or ""),
@@ -739,6 +840,7 @@ class RunState:
             self.stopping = True
         message = f" ({ev['message']})" if ev.get("message") else ""
         self.last_ack = f"{command}: {'acknowledged' if ok else 'refused'}{message}"
+        self.last_ack_t = _num(ev.get("t"))
         self._feed(ev, "ack" if ok else "warning", self.last_ack)
         self.touch("control", "header", "log")
 
@@ -793,6 +895,7 @@ _HANDLERS: dict[str, Callable[[RunState, dict[str, Any], int | None], None]] = {
     "log": RunState._on_log,
     "sample": RunState._on_sample,
     "partial": RunState._on_partial,
+    "summary": RunState._on_summary,
     "alert": RunState._on_alert,
     "probe": RunState._on_probe,
     "system": RunState._on_system,

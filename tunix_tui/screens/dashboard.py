@@ -22,12 +22,13 @@ from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 from engine.protocol import send_command
 
 from tunix_tui.core.follower import Follower
-from tunix_tui.core.runstate import PARTS, RunState
+from tunix_tui.core.runstate import NOTICE_TTL, PARTS, RunState
 from tunix_tui.screens.dialogs import CompletionScreen, ConfirmScreen, TextScreen
 from tunix_tui.widgets.header import RunHeader
 from tunix_tui.widgets.log import LogPane
 from tunix_tui.widgets.metrics import EvalPane, LossPane, MemoryPane, Pane, RewardPane, TimingPane
 from tunix_tui.widgets.samples import SamplesPane, highlighted
+from tunix_tui.widgets.summary import summary_text
 
 WIDE_MIN = (150, 40)  # columns, lines
 TABS = ("train", "system", "eval", "samples", "log")
@@ -42,6 +43,7 @@ Dashboard keys
   s          stop the run (asks first; the engine saves a final checkpoint)
   r          resume a stopped, failed or dead run from its latest checkpoint
   1 … 5      tabs: train, system, evaluation, samples, log (narrow terminals)
+  i          the run's summary: wall time, steps, rewards, evaluation, checkpoint, commands
   [  ]       earlier / later sample group;  f  back to the newest
   ↑ ↓ enter  pick a completion in the samples table; enter shows it in full
   escape, b  back to the run list (the engine keeps running)
@@ -98,6 +100,7 @@ class DashboardScreen(Screen):
         Binding("r", "resume_run", "Resume run"),
         Binding("escape,b", "back", "Back"),
         Binding("question_mark,f1", "help", "Help"),
+        Binding("i", "summary", "Summary", show=False),
         *(Binding(str(i + 1), f"show_tab('{name}')", show=False) for i, name in enumerate(TABS)),
         Binding("left_square_bracket", "samples(-1)", "Earlier", show=False),
         Binding("right_square_bracket", "samples(1)", "Later", show=False),
@@ -114,6 +117,7 @@ class DashboardScreen(Screen):
         self._building = False
         self._force = True
         self._last_clock = 0.0
+        self._notice_drawn = False
         self._last_slow = 0.0
         self.drawn_version = -1
         self.redraws = 0
@@ -178,6 +182,15 @@ class DashboardScreen(Screen):
             await self._build(self._mode_for(size.width, size.height))
         else:
             self.call_after_refresh(self.redraw)
+            self.call_after_refresh(self._focus_samples)
+
+    def _focus_samples(self) -> None:
+        """Wide: ↑/↓ move through the samples, not the log (the log scrolls with the mouse or after tab)."""
+        if self.mode == "wide" and (self.focused is None or self.focused.id == "log-scroll"):
+            try:
+                self.query_one("#samples-table", DataTable).focus()
+            except NoMatches:
+                pass
 
     # -- drawing -----------------------------------------------------------------------------------------------
 
@@ -213,7 +226,8 @@ class DashboardScreen(Screen):
             elif dirty & SLOW_PARTS:
                 self._last_slow = tick
             loading = f.load_fraction if (state.history_from is not None and not f.caught_up) else None
-            ticking = (state.display_status in LIVE_CLOCK_STATUSES or loading is not None) and \
+            notice = state.last_ack_t is not None and (now - state.last_ack_t < NOTICE_TTL + 2 or self._notice_drawn)
+            ticking = (state.display_status in LIVE_CLOCK_STATUSES or loading is not None or notice) and \
                 now - self._last_clock >= 1.0
             if not dirty and not ticking:
                 if not state.dirty:
@@ -224,6 +238,7 @@ class DashboardScreen(Screen):
                     if dirty & {"header", "control"} or ticking:
                         self.query_one(RunHeader).update_from(state, now, loading=loading)
                         self._last_clock = now
+                        self._notice_drawn = bool(state.notice(now))  # redraw once more when it expires
                     for pane in self.query(Pane):
                         if pane.part in dirty:
                             pane.update_from(state, now)
@@ -260,13 +275,14 @@ class DashboardScreen(Screen):
 
     def palette_actions(self) -> list[tuple[str, str, str]]:
         """(name, help, action) for the command palette: the actions the keys offer right now."""
-        entries = [("Pause the engine", "the engine pauses after the current step", "pause"),
+        entries = [("Pause the engine", "within seconds, at any phase", "pause"),
                    ("Resume the engine", "continue a paused run", "resume_engine"),
                    ("Checkpoint now", "save a checkpoint at the current step", "checkpoint"),
                    ("Stop the run", "the engine saves a final checkpoint and exits", "stop"),
                    ("Resume the run from its checkpoint", "start an engine for this stopped run", "resume_run"),
                    ("Back to the run list", "the engine keeps running", "back"),
                    ("Dashboard help", "keys of this screen", "help"),
+                   ("Run summary", "wall time, rewards, evaluation, checkpoint, commands", "summary"),
                    ("Newest sample group", "follow the latest samples again", "samples_latest")]
         entries += [(f"Show the {name} tab", "", f"show_tab('{name}')") for name in TABS]
         return [e for e in entries if self.check_action(e[2].split("(")[0], ()) is True]
@@ -322,6 +338,11 @@ class DashboardScreen(Screen):
         if alive:
             self.app.notify("The engine keeps running in the background; open the run again to watch it.",
                             title="Left the dashboard")
+
+    def action_summary(self) -> None:
+        with self.follower.lock:
+            body = summary_text(self.follower.state, self.app.clock(), self.app.theme_variables)
+        self.app.push_screen(TextScreen(f"Run {self.run_dir.name}", body))
 
     def action_help(self) -> None:
         self.app.push_screen(TextScreen("Help", HELP))

@@ -26,7 +26,7 @@ def phase_text(state: RunState, now: float) -> str:
     if status == "running":
         phase = state.phase or ""
         if phase == "rollout":
-            partial = state.latest_partial()
+            partial = state.generating()
             if partial and partial.get("max_tokens"):
                 return f"rollout {partial.get('tokens_done', 0)}/{partial.get('max_tokens')} tokens"
             if state.progress is not None:
@@ -70,14 +70,26 @@ class RunHeader(TextBox):
             t.append(f" {phase}")
         if state.resumes:
             t.append(f"  resumed ×{state.resumes}", style="dim")
+        if state.compile_cache == "hit":
+            t.append("  compile cache hit", style=resolve("$text-success", v))
+        elif state.compile_cache == "miss":
+            t.append("  compiled (cache miss)", style="dim")
         t.append("\n")
         total = state.total_steps
-        frac = state.step / total if total else None
-        head = f"step {state.step}/{total}" if total else f"step {state.step}"
+        done = state.done
+        frac = done / total if total else None
+        head = f"{done}/{total} done" if total else f"{done} done"
+        live = status in ("running", "compiling", "evaluating", "checkpointing", "paused")
+        current = state.step if state.step > done else done + 1
+        if live and not (total and done >= total):
+            what = state.phase if status == "running" and state.phase else status
+            head += f" · step {current} {what}"
         tail_parts = [pct(frac, "")]
         eta = state.eta()
-        if eta is not None and status in ("running", "compiling", "evaluating", "checkpointing"):
+        if eta is not None and live:
             tail_parts.append(f"ETA {hms(eta)}")
+        elif live and total and done < total:
+            tail_parts.append("ETA after compile")
         tps = state.latest.get("tokens_per_s")
         if tps is not None:
             tail_parts.append(f"{num(tps, '.0f')} tok/s")
@@ -85,14 +97,17 @@ class RunHeader(TextBox):
         if per is not None:
             tail_parts.append(f"{num(per, '.1f')} s/step")
         tail = "  ".join(p for p in tail_parts if p)
-        bar_w = max(10, min(60, width - len(head) - len(tail) - 4))
+        while len(tail_parts) > 2 and len(head) + len(tail) + 10 + 4 > width:  # narrow: the rates go first
+            tail_parts.pop()
+            tail = "  ".join(p for p in tail_parts if p)
+        bar_w = max(6, min(60, width - len(head) - len(tail) - 4))
         t.append(head + " ")
         t.append(bar(frac, bar_w), style=resolve("$primary", v))
         t.append(" " + tail + "\n")
-        t.append_text(self._notice(state, loading))
+        t.append_text(self._notice(state, loading, now))
         self.set(t)
 
-    def _notice(self, state: RunState, loading: float | None) -> Text:
+    def _notice(self, state: RunState, loading: float | None, now: float = 0.0) -> Text:
         v = self.app.theme_variables
         if loading is not None:
             return Text(f"reading the run's history… {pct(loading)} (showing its latest part meanwhile)",
@@ -113,8 +128,12 @@ class RunHeader(TextBox):
         if state.skipped:
             return Text(f"skipped {state.skipped} unreadable line(s) of the event stream ({state.last_problem})",
                         style=resolve("$warning", v))
-        if state.last_ack:
-            return Text(state.last_ack, style="dim")
+        notice = state.notice(now)
+        if notice:
+            return Text(notice, style="dim")
+        if state.final and state.status != "failed":
+            return Text(f"{state.status}: press i for the summary (wall time, rewards, evaluation, checkpoint, "
+                        "commands)", style=resolve("$text-primary", v))
         if state.events == 0:
             return Text("no events yet", style="dim")
         return Text("")

@@ -107,7 +107,7 @@ class RewardPane(Pane):
         chart.set_source(lambda n: [Series(label, color, h.columns(key, n)) for key, label, color in lines],
                          lock=self.state_lock())
         stats = Text()
-        stats.append(f"±{short(m.get('reward_std'))} [{short(m.get('reward_min'))}, {short(m.get('reward_max'))}]")
+        stats.append(f"std {short(m.get('reward_std'))} [{short(m.get('reward_min'))}, {short(m.get('reward_max'))}]")
         stats.append("  zero-spread groups ")
         zero = m.get("frac_reward_zero_std")
         stats.append(pct(zero), style=self.color("$warning") + " bold" if (zero or 0) >= 0.5 else "")
@@ -138,8 +138,8 @@ class MemoryPane(Pane):
             in_use, peak, limit = dev.get("in_use"), dev.get("peak"), dev.get("limit")
             t.append(f"{str(dev.get('device', i))[:24]}: ", style="bold")
             t.append(f"{size(in_use)} in use · peak {size(peak)}")
-            if isinstance(limit, (int, float)) and limit and isinstance(peak, (int, float)):
-                t.append(f" · limit {size(limit)} ({pct(peak / limit)})", style="dim")
+            if isinstance(limit, (int, float)) and limit and isinstance(peak, (int, float)):  # a line of its own:
+                t.append(f"\n  limit {size(limit)}, peak at {pct(peak / limit)}", style="dim")  # never cut
         self.query_one("#memory-table", TextBox).set(t)
         chart = self.query_one("#memory-chart", Chart)
         h = state.history
@@ -178,8 +178,14 @@ class TimingPane(Pane):
             t.append("█" * filled, style=self.color("$primary"))
             t.append("░" * (width - filled) + f" {pct(share)}\n", style="dim")
         t.append(f"step {num(total, '.2f')} s · {num(m.get('tokens_per_s'), '.0f')} tokens/s\n", style="bold")
-        t.append(f"grad norm {short(m.get('grad_norm'))} · lr {short(m.get('learning_rate'))} · "
-                 f"clip {pct(m.get('clip_fraction'))}", style="dim")
+        t.append(f"grad norm {short(m.get('grad_norm'))}", style="dim")
+        clipped = m.get("grad_norm_clipped")
+        if isinstance(clipped, (int, float)) and isinstance(m.get("grad_norm"), (int, float)) \
+                and clipped < m["grad_norm"] * 0.999:
+            t.append(f" → clipped to {short(clipped)}", style=self.color("$text-warning"))
+        elif clipped is not None:
+            t.append(" (not clipped)", style="dim")
+        t.append(f" · lr {short(m.get('learning_rate'))} · ratio clip {pct(m.get('clip_fraction'))}", style="dim")
         self.query_one("#timing-table", TextBox).set(t)
         chart = self.query_one("#throughput-chart", Chart)
         h, color = state.history, self.color("$success")
@@ -211,11 +217,28 @@ class EvalPane(Pane):
         chart.set_source(lambda n: [Series(label, color, regroup(spans, n)) for label, color, spans in lines],
                          empty_text="no evaluation yet", fmt=lambda v: f"{100 * v:.0f}%", low=0.0, high=1.0)
         table = Text()
+        if state.status == "evaluating":  # progress batch by batch
+            what = " ".join(x for x in (state.detail, pct(state.progress, "")) if x)
+            table.append(f"evaluating {what}\n", style=self.color("$text-accent"))
+        comparison = state.eval_comparison(evals[-1].split) if evals else None
+        if comparison is not None:
+            first, last, acc, fmt = (comparison["baseline"], comparison["latest"], comparison["accuracy"],
+                                     comparison["format"])
+            table.append(f"{first.split} baseline → latest", style="bold")
+            table.append(f"  step {first.step} → {last.step}, {acc.n} paired questions\n", style="dim")
+            for label, d in (("accuracy", acc), ("strict   ", fmt)):
+                better = d.low > 0
+                worse = d.high < 0
+                color = self.color("$text-success") if better else self.color("$text-error") if worse else ""
+                table.append(f"{label} {100 * d.before:.1f}→{100 * d.after:.1f}%  ")
+                table.append(f"{100 * d.diff:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]", style=color)
+                table.append(f"  ↑{d.gained} ↓{d.lost}\n", style="dim")
         table.append(f"{'step':>6} {'split':<10} {'n':>5} {'acc':>7} {'partial':>7} {'format':>7}\n", style="bold")
         rows = max(1, (self.size.height or 10) // 3)
         for e in evals[-rows:][::-1]:
             table.append(f"{e.step:>6} {e.split[:10]:<10} {e.num_questions:>5} {pct(e.accuracy):>7} "
-                         f"{pct(e.partial_accuracy):>7} {pct(e.format_accuracy):>7}\n")
+                         f"{pct(e.partial_accuracy):>7} {pct(e.format_accuracy):>7}")
+            table.append("  cli\n" if e.source == "cli" else "\n", style="dim")
         if not evals:
             table.append("no evaluation yet", style="dim")
         self.query_one("#eval-table", TextBox).set(table)

@@ -16,6 +16,7 @@ from tunix_tui.widgets.header import resolve
 from tunix_tui.widgets.metrics import Pane, reward_label
 from tunix_tui.widgets.textbox import TextBox
 
+MAX_LIVE = 8  # completions streamed at once (a group is usually 4-8)
 ROLE_STYLE = {"tag": "bold $accent", "reasoning": "italic", "answer": "bold $success", "": ""}
 
 
@@ -131,15 +132,21 @@ class SamplesPane(Pane):
         self.show_text(event.cursor_row)
 
     def _show_live(self, state: RunState, v: dict[str, str]) -> None:
+        """Every completion of the group as it is generated, one line each (the tail of its text); the lines go
+        when the rollout ends."""
         live = self.query_one("#samples-live", TextBox)
-        partial = state.latest_partial()
-        if not partial or state.final:
+        partial = state.generating()
+        if not partial:
             live.set(Text("nothing being generated now", style="dim"))
             return
         texts = [str(x) for x in partial.get("texts") or []]
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append(f"generating step {partial.get('step')} · {partial.get('tokens_done')}/{partial.get('max_tokens')}"
-                 f" tokens: ", style=resolve("bold $accent", v))
-        if texts:
-            t.append_text(highlighted(" ".join(texts[0].split())[-300:], v))
+                 f" tokens · {len(texts)} completion(s)", style=resolve("bold $accent", v))
+        width = max(20, (live.size.width or 100) - 4)
+        for i, text in enumerate(texts[:MAX_LIVE]):
+            t.append(f"\n{i + 1:>2} ", style="bold")
+            t.append_text(highlighted(" ".join(text.split())[-width:], v))
+        if len(texts) > MAX_LIVE:
+            t.append(f"\n   … {len(texts) - MAX_LIVE} more", style="dim")
         live.set(t)
