@@ -106,6 +106,10 @@ def hf_config(cfg: ModelConfig, *, dtype: str) -> dict[str, Any]:
         "rope_theta": float(cfg.global_rope_base),
         "rope_local_base_freq": float(cfg.local_rope_base),
         "rope_scaling": rope_scaling,
+        "rope_parameters": {   # newer transformers: per attention type
+            "full_attention": dict({"rope_type": "default", "rope_theta": float(cfg.global_rope_base)},
+                                   **(rope_scaling or {})),
+            "sliding_attention": {"rope_type": "default", "rope_theta": float(cfg.local_rope_base)}},
         "sliding_window": cfg.sliding_window,
         "sliding_window_pattern": cfg.global_every,
         "layer_types": layer_types,
