@@ -118,7 +118,12 @@ def test_a_real_sweep_of_two_tiny_runs(tmp_path):
                   "grpo.beta=0.0,0.04", "--sweep", "--yes")
     env = dict(engine_env(), TUNIX_TUI_COMPILE_CACHE=str(tmp_path / "compile-cache"))   # the second run compiles less
     t0 = time.monotonic()
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    except subprocess.TimeoutExpired:
+        for root in tmp_path.glob("*sweep*"):   # leave no queue runner or engine behind
+            subprocess.run(cli_cmd("sweep", "stop", str(root), "--runs"), cwd=ROOT, timeout=60)
+        raise
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "sweep of 2 runs" in done.stdout and "sweep done: 2 finished" in done.stdout
     (root,) = [d for d in tmp_path.iterdir() if (d / "sweep.json").is_file()]
