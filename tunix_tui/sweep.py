@@ -240,7 +240,11 @@ def _start_run(sweep: Sweep, item: dict[str, Any]) -> Path:
 
     run = Path(item["run"]) if item.get("run") else None
     if run is not None and (run / "profile.toml").is_file():  # interrupted before: continue from its checkpoint
-        spawn_detached(run, resume=True)
+        from engine.protocol import RunBusy
+        try:
+            spawn_detached(run, resume=True)
+        except RunBusy:  # its engine is still at work (one engine per run): follow that one
+            pass
         return run
     overrides = list(sweep.spec["fixed"]) + list(item["overrides"])
     if "run.name" not in [o.partition("=")[0].strip() for o in overrides]:
@@ -486,15 +490,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep")
     p.add_argument("--parallel", type=int, default=None, help="runs at a time (default: as before)")
     p.add_argument("--detach", action="store_true")
-    p = sub.add_parser("runner", help=argparse.SUPPRESS)
-    p.add_argument("sweep")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 2 and argv[0] == "runner":   # the queue runner's own process (spawn_runner)
+        return Runner(argv[1]).run()
     args = build_parser().parse_args(argv)
-    if args.action == "runner":
-        return Runner(args.sweep).run()
     root = find_sweep(args.sweep, args.output_dir)
     if root is None:
         print(f"tunix-tui sweep: no sweep {args.sweep!r} (give a sweep folder or an id under {args.output_dir}/)",
