@@ -30,14 +30,18 @@ SCHEMA_VERSION = 1
 
 # Event types and the payload keys each carries (besides v, seq, t, type).
 EVENT_TYPES: dict[str, tuple[str, ...]] = {
-    "run_started": ("run_id", "pid", "host", "resumed", "step", "total_steps", "profile"),
+    "run_started": ("run_id", "pid", "host", "resumed", "step", "total_steps", "profile", "compile_cache"),
     "status": ("status", "phase", "step", "detail", "progress"),
     "data_info": ("train", "validation", "test", "dropped", "source"),
-    "step": ("step", "total_steps", "epoch", "metrics", "memory"),
+    "step": ("step", "total_steps", "epoch", "metrics", "memory", "compile_seconds", "steady"),
     "sample": ("step", "prompt", "answer", "completions"),
-    "partial": ("step", "tokens_done", "max_tokens", "texts"),
+    "partial": ("step", "tokens_done", "max_tokens", "texts", "lengths", "done"),
     "eval": ("step", "split", "num_questions", "accuracy", "partial_accuracy", "format_accuracy", "preset",
-             "examples"),
+             "examples", "source", "report"),
+    "compile": ("step", "program", "seconds", "phase_seconds", "cache_hits", "cache_misses", "cache"),
+    "summary": ("status", "step", "total_steps", "wall_seconds", "elapsed_seconds", "steps_this_process",
+                "step_seconds", "final_reward", "recent_reward", "best_reward", "best_reward_step", "baseline_eval",
+                "final_eval", "last_eval", "checkpoint_step", "checkpoint", "run_dir"),
     "checkpoint": ("step", "path", "reason"),
     "error": ("message", "traceback", "fatal"),
     "control_ack": ("command", "id", "ok", "message"),
@@ -52,14 +56,44 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
 STEP_METRICS = (
     "loss", "policy_loss", "kl", "reward_mean", "reward_std", "reward_min", "reward_max",
     "frac_reward_zero_std", "completion_length_mean", "completion_length_min", "completion_length_max",
-    "truncated_fraction", "clip_fraction", "entropy", "grad_norm", "learning_rate", "tokens_per_s",
-    "time_rollout", "time_rewards", "time_reference", "time_update", "time_step",
+    "truncated_fraction", "clip_fraction", "ratio_clip_fraction", "entropy", "grad_norm", "grad_clip_scale",
+    "grad_clipped", "learning_rate", "tokens_per_s", "time_rollout", "time_rewards", "time_reference",
+    "time_update", "time_step",
 )
 # plus "reward/<function name>" (that function's mean score) for each reward function, and "skipped" (1.0 when
 # the update was skipped for a non-finite loss or gradient). A step event's `memory` is a list of
 # {"device": str, "in_use": bytes, "peak": bytes, "limit": bytes or null} (on the CPU: the process's resident memory).
+# `reward_std` is the sample standard deviation (ddof 1) of the step's rewards, as the advantages' group std.
+# `clip_fraction` and its clearer name `ratio_clip_fraction` are the share of tokens whose probability ratio the
+# GRPO objective clipped (PPO-style ratio clipping, nothing to do with the gradient); the gradient's own clipping:
+# `grad_norm` is its global norm before clipping, `grad_clip_scale` the factor clipping to
+# optimizer.max_grad_norm multiplied it by (1.0 = untouched, 0.25 = cut to a quarter), `grad_clipped` the share
+# of the step's updates that were clipped (0 or 1 with grpo.num_iterations = 1). `time_*` leave out time spent
+# paused or saving on request. A step event's `compile_seconds` is the time the step spent tracing, compiling or
+# loading compiled programs, and `steady` is true when it compiled nothing new (the steps an ETA should use).
 # A "sample" event's `completions` are {"text", "rewards": {name: score}, "total", "advantage", "length",
-# "truncated"}; a "partial" event's `texts` are the completions generated so far for the first logged group.
+# "truncated"}. A "partial" event's `texts` are the text so far of every completion of the first logged group
+# (all G of them), `lengths` their tokens so far, `tokens_done` the longest; the last partial of a rollout has
+# `done: true` (the texts are final; the console clears its "generating" line). Partials are at most every half
+# second, never with generation.partial_every = 0.
+# A "compile" event follows the first use of a program (`program`: "sampler", "log-probabilities", "update",
+# "evaluation sampler (N rows)"): `seconds` spent tracing, compiling or loading it from the persistent compilation
+# cache, `phase_seconds` the whole phase that first used it, and `cache`: "hit" (loaded, not compiled), "miss"
+# (compiled, then written to the cache), "partial", "none" (nothing slow enough to cache) or "off". `run_started`
+# names the cache folder in `compile_cache` (null when off).
+# An "eval" event written for a command-line `tunix-tui eval` has `source: "cli"` and `report` (its JSON file with
+# every question); those of the run itself have no `source`. It can arrive after the run ended.
+# A "summary" event closes a finished or stopped run, just before its final status: `status`, `step` /
+# `total_steps`, `wall_seconds` (this engine process), `elapsed_seconds` (since the run's first event, pauses and
+# stops included), `steps_this_process`, `step_seconds` (mean of this process's steady steps), `final_reward` (the
+# last step's reward_mean), `recent_reward` (mean of the last 10 steps' reward_mean), `best_reward` and
+# `best_reward_step` (over the whole run), `baseline_eval` (the evaluation at step 0, if any), `final_eval` (the
+# last test-split evaluation after step 0), `last_eval` (the latest of any split) -- each null or {"step", "split",
+# "num_questions", "accuracy", "partial_accuracy", "format_accuracy", "preset"} --, `checkpoint_step` and
+# `checkpoint` (the latest saved checkpoint and its folder) and `run_dir`.
+# A "control_ack" answers every command within about a second: for pause and stop the `message` says when it
+# takes effect ("pausing now", "pausing when the update phase ends", ...); a checkpoint request is answered once
+# served, with its outcome ("saved step 5 -> PATH, 0.8 s", "step 5 is already saved (PATH)", or ok false).
 # An "alert" names what looks wrong (`kind`, one of ALERT_KINDS), the metric, the figures that triggered it
 # (`values`), a sentence and what to try (`hint`); `severity` is "warning" or "error". A "probe" event holds the
 # greedy answers to the fixed probe questions: `probes` are {"index", "question", "answer", "completion",
@@ -85,6 +119,9 @@ FINAL_STATUSES = ("finished", "failed", "stopped")
 # Phases of a training step (the "phase" of a running status).
 PHASES = ("rollout", "rewards", "reference", "update", "metrics")
 COMMANDS = ("pause", "resume", "checkpoint", "stop")
+# Commands between processes rather than from a person: `record` hands the live engine an event to write (a
+# command-line evaluation's `eval`), so the stream keeps one writer; its file carries {"event": {"type", ...}}.
+INTERNAL_COMMANDS = ("record",)
 
 
 @dataclass(frozen=True)
@@ -319,11 +356,13 @@ class Command:
     command: str
     sent: float
     path: Path
+    body: dict[str, Any] = field(default_factory=dict)   # the whole command file
 
 
-def send_command(run_dir: str | os.PathLike, command: str) -> str:
-    """Drop a command file into the run's control folder; returns its id (the ack event carries it)."""
-    if command not in COMMANDS:
+def send_command(run_dir: str | os.PathLike, command: str, **extra: Any) -> str:
+    """Drop a command file into the run's control folder; returns its id (the ack event carries it). `extra` keys
+    go into the file (a `record` command's `event`)."""
+    if command not in COMMANDS + INTERNAL_COMMANDS:
         raise ValueError(f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
     paths = RunPaths(Path(run_dir))
     if not paths.control.is_dir():
@@ -331,7 +370,8 @@ def send_command(run_dir: str | os.PathLike, command: str) -> str:
     cid = uuid.uuid4().hex[:12]
     sent = time.time()
     atomic_write(paths.control / f"{sent:.6f}-{cid}.json",
-                 json.dumps({"id": cid, "command": command, "sent": sent, "uid": os.getuid()}))
+                 json.dumps({**extra, "id": cid, "command": command, "sent": sent, "uid": os.getuid()},
+                            default=_json_default))
     return cid
 
 
@@ -359,10 +399,11 @@ def take_commands(run_dir: str | os.PathLike) -> Iterator[Command | str]:
             yield f"ignored control file {name}: owned by uid {st.st_uid}, not the engine's user"
             continue
         cmd = body.get("command") if isinstance(body, dict) else None
-        if cmd not in COMMANDS:
+        if cmd not in COMMANDS + INTERNAL_COMMANDS:
             yield f"ignored control file {name}: unknown command {cmd!r}"
             continue
-        yield Command(id=str(body.get("id", name)), command=cmd, sent=float(body.get("sent", 0)), path=path)
+        yield Command(id=str(body.get("id", name)), command=cmd, sent=float(body.get("sent", 0)), path=path,
+                      body=body)
 
 
 def _unlink(path: Path) -> None:

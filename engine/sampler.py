@@ -23,6 +23,7 @@ reads in place (full-vocabulary log-sum-exp and a two-stage exact top-k, never a
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -310,10 +311,16 @@ class Sampler:
     def __call__(self, prompts: list[list[int]], *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int = 0, greedy: bool = False,
                  on_partial: Callable[[list[list[int]]], None] | None = None,
-                 partial_every: int = 32) -> SampleResult:
+                 partial_every: int = 32, between_chunks: Callable[[int, int], None] | None = None,
+                 chunk_seconds: float = 0.5) -> SampleResult:
         """Generate up to `max_new_tokens` per prompt. Prompts longer than `max_prompt_length` keep their last
         tokens. `greedy` picks the arg-max (log-probs still use `temperature`; pass 1.0 for the model's own
-        distribution). `on_partial` gets each row's tokens so far every `partial_every` steps."""
+        distribution). `on_partial` gets each row's tokens so far every `partial_every` steps.
+
+        `between_chunks(tokens_done, rows_finished)` is called between decode chunks, which are then sized from the
+        measured speed to take about `chunk_seconds` each: the caller can check for commands, report progress or
+        wait there (a pause), and the decoding continues where it stopped. An exception it raises ends the call.
+        How the decoding is cut into chunks never changes the result."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         if not greedy and not temperature > 0:
@@ -339,14 +346,28 @@ class Sampler:
         carry = _prefill(st, params, jnp.asarray(tokens), jnp.asarray(pads), jnp.asarray(src), jnp.asarray(done),
                          key, t, tp)
         every = max(1, int(partial_every)) if on_partial is not None else self.max_new_tokens
-        step = 1
+        chunk = min(every, 4) if between_chunks is not None else every   # tokens in the next chunk
+        next_partial = step = 1
         while step < self.max_new_tokens:
-            if on_partial is not None:
+            if on_partial is not None and step >= next_partial:
                 on_partial(self._rows(carry, n))
+                next_partial = step + every
                 if bool(jnp.all(carry.done)):
                     break
-            step = min(step + every, self.max_new_tokens)
-            carry = _decode(st, params, carry, jnp.int32(step), key, t, tp)
+            if between_chunks is not None:
+                finished = int(np.count_nonzero(jax.device_get(carry.done)[:n]))
+                between_chunks(step, finished)
+                if finished == n:
+                    break
+            end = min(step + chunk, next_partial if on_partial is not None else self.max_new_tokens,
+                      self.max_new_tokens)
+            started = time.perf_counter()
+            carry = _decode(st, params, carry, jnp.int32(end), key, t, tp)
+            if between_chunks is not None:   # size the next chunk from this one's speed (at most twice as long)
+                carry.step.block_until_ready()
+                per_token = (time.perf_counter() - started) / (end - step)
+                chunk = max(1, min(2 * chunk, int(chunk_seconds / max(per_token, 1e-6))))
+            step = end
         out_tokens, logprobs, lengths, done_out = jax.device_get(
             (carry.tokens, carry.logprobs, carry.lengths, carry.done))
         if on_partial is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from engine.protocol import create_run_dir, read_events, send_command
 from engine.train.control import Controller
@@ -19,16 +20,58 @@ def _events(paths, type_=None):
     return [e for e in read_events(paths.events) if type_ is None or e["type"] == type_]
 
 
-def test_every_command_is_acknowledged_with_its_id(tmp_path):
+def test_every_command_is_acknowledged_with_its_id_and_a_checkpoint_with_its_outcome(tmp_path):
     paths, log, ctl = _controller(tmp_path)
     ids = [send_command(paths.root, c) for c in ("checkpoint", "pause", "resume")]
-    pending = ctl.boundary(step=3)
+    saves = []
+
+    def save():
+        saves.append(1)
+        return True, "saved step 3 -> runs/x/checkpoints/3, 0.4 s"
+    pending = ctl.boundary(step=3, save=save)
     acks = _events(paths, "control_ack")
-    assert [a["id"] for a in acks] == ids and all(a["ok"] for a in acks)
-    assert [a["command"] for a in acks] == ["checkpoint", "pause", "resume"]
-    assert pending.checkpoint and not pending.stop and not ctl.paused
-    assert not ctl.boundary(step=3).checkpoint            # a request is served once
+    assert [a["command"] for a in acks] == ["pause", "resume", "checkpoint"]   # the save answers when done
+    assert [a["id"] for a in acks] == [ids[1], ids[2], ids[0]] and all(a["ok"] for a in acks)
+    assert acks[2]["message"] == "saved step 3 -> runs/x/checkpoints/3, 0.4 s"
+    assert not pending.checkpoint and not pending.stop and not ctl.paused
+    ctl.boundary(step=3, save=save)
+    assert saves == [1]                                   # a request is served once
     assert os.listdir(paths.control) == []
+
+
+def test_the_watcher_answers_while_the_loop_is_busy_and_says_when_a_pause_takes_effect(tmp_path):
+    paths, log, ctl = _controller(tmp_path)
+    log.status("running", phase="update", step=5)
+    ctl.start_watching(interval=0.05)
+    try:
+        sent = time.monotonic()
+        cid = send_command(paths.root, "pause")
+        while not _events(paths, "control_ack"):
+            assert time.monotonic() - sent < 2.0
+            time.sleep(0.02)
+        ack = _events(paths, "control_ack")[0]
+        assert ack["id"] == cid and ack["message"] == "pausing when the update phase ends" and ctl.paused
+        log.status("running", phase="rollout", step=6)     # the rollout checks every chunk
+        send_command(paths.root, "stop")
+        while len(_events(paths, "control_ack")) < 2:
+            time.sleep(0.02)
+        assert _events(paths, "control_ack")[1]["message"] == "stopping now: saves a checkpoint and exits"
+        assert ctl.boundary(step=6).stop == "stop"
+    finally:
+        ctl.stop_watching()
+
+
+def test_another_process_can_have_the_engine_record_an_eval_event(tmp_path):
+    paths, log, ctl = _controller(tmp_path)
+    ctl.poll()
+    cid = send_command(paths.root, "record", event={"type": "eval", "step": 4, "accuracy": 0.5})
+    ctl.poll()
+    assert _events(paths, "control_ack")[-1] == {**_events(paths, "control_ack")[-1], "id": cid, "ok": False}
+    recorded = []
+    ctl.on_record = lambda type_, payload: recorded.append((type_, payload)) or (True, "recorded")
+    send_command(paths.root, "record", event={"type": "eval", "step": 4, "accuracy": 0.5})
+    ctl.poll()
+    assert recorded == [("eval", {"step": 4, "accuracy": 0.5})] and _events(paths, "control_ack")[-1]["ok"]
 
 
 def test_pause_holds_until_resume_and_the_status_says_so(tmp_path):
@@ -61,7 +104,7 @@ def test_stop_ends_a_pause_and_a_checkpoint_is_served_while_paused(tmp_path):
         elif len(calls) == 4:
             send_command(paths.root, "stop")
     ctl.sleep = sleep
-    pending = ctl.boundary(step=7, on_pending=lambda p: served.append(p.checkpoint) or True)
+    pending = ctl.boundary(step=7, save=lambda: served.append(True) or (True, "saved"))
     assert served == [True] and pending.stop == "stop"
     assert [a["command"] for a in _events(paths, "control_ack")] == ["pause", "checkpoint", "stop"]
     refused = send_command(paths.root, "pause")     # once stopping, a pause is refused

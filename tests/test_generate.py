@@ -61,7 +61,7 @@ def run_json(capsys, *args: str, log: list[str] | None = None) -> dict:
 @pytest.mark.slow
 def test_greedy_json_from_a_subprocess_matches_a_full_forward():
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-m", "engine", "generate", str(TINY), PROMPT, "--greedy",
+    proc = subprocess.run([sys.executable, "-m", "engine", "generate", str(TINY), PROMPT, "--raw", "--greedy",
                            "--max-new-tokens", "7", "--json"], capture_output=True, text=True, env=env, cwd=ROOT,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -74,12 +74,12 @@ def test_greedy_json_from_a_subprocess_matches_a_full_forward():
     logp, logits = recompute(model, result, temperature=1.0)
     assert gen == logits.argmax(-1).tolist()
     np.testing.assert_allclose(result["generated_logprobs"], logp, atol=2e-4)
-    assert result["text"] == tok.decode(gen)
+    assert result["text"] == tok.decode(gen[:-1] if gen[-1] in profile.generation.eos_tokens else gen)
 
 
 @pytest.mark.slow
 def test_sampling_json_logprobs_are_before_top_k_and_reproducible(capsys):
-    args = [str(TINY), "Hello there", "--temperature", "0.7", "--top-k", "5", "--top-p", "0.9", "--seed", "3",
+    args = [str(TINY), "Hello there", "--raw", "--temperature", "0.7", "--top-k", "5", "--top-p", "0.9", "--seed", "3",
             "--max-new-tokens", "6"]
     result = run_json(capsys, *args)
     assert (result["temperature"], result["top_k"], result["top_p"], result["seed"]) == (0.7, 5, 0.9, 3)
@@ -91,13 +91,39 @@ def test_sampling_json_logprobs_are_before_top_k_and_reproducible(capsys):
     assert run_json(capsys, *args)["generated_ids"] == result["generated_ids"]
 
 
-def test_plain_output_is_the_text(capsys):
-    assert main([str(TINY), "Hi", "--greedy", "--max-new-tokens", "3"]) == 0
+def test_plain_output_is_the_text_and_the_question_goes_into_the_profile_template(capsys):
+    assert main([str(TINY), "Add 2 and 3.", "--greedy", "--max-new-tokens", "3"]) == 0
     captured = capsys.readouterr()
-    assert main([str(TINY), "Hi", "--greedy", "--max-new-tokens", "3", "--json"]) == 0
+    assert main([str(TINY), "Add 2 and 3.", "--greedy", "--max-new-tokens", "3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert captured.out == result["text"] + "\n"
     assert "[generate]" in captured.err
+    from engine.profile_io import load_profile
+    from engine.train.text import PromptEncoder
+
+    profile, _, tok = tiny_model()
+    prompt = PromptEncoder.for_profile(tok, load_profile(TINY)).text_of("Add 2 and 3.")
+    assert result["prompt"] == prompt != "Add 2 and 3." and result["prompt_ids"] == tok.encode(prompt, add_bos=True)
+
+
+def test_text_is_written_as_it_is_generated():
+    import io
+
+    from engine.commands.generate import TextStream
+    from engine.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    out = io.StringIO()
+    stream = TextStream(tok, eos_ids=[1], stop_strings=["</answer>"], out=out)
+    ids = tok.encode("é<answer>5</answer> more")
+    seen = []
+    for n in range(1, len(ids) + 1):
+        stream([ids[:n]])
+        seen.append(out.getvalue())
+    assert seen[0] == "" and "\ufffd" not in "".join(seen)    # half a character waits for the rest
+    assert any(0 < len(s) < len("é<answer>5</answer>") for s in seen)   # grows token by token
+    stream.finish(stream.text(ids + [1]))
+    assert out.getvalue() == "é<answer>5</answer>\n"            # cut after the stop string, the end id left out
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 bucketing and live weights."""
 
 import dataclasses
+import time
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +79,30 @@ def test_same_seed_reproduces_and_partial_output_changes_nothing(model):
         for row, got in enumerate(snapshot):
             assert got == list(a.tokens[row, :len(got)])
     assert partials[-1] == [list(a.tokens[r, :a.lengths[r]]) for r in range(3)]
+
+
+def test_chunks_between_callbacks_and_a_wait_inside_change_nothing(model):
+    s = _sampler(model)
+    kw = dict(temperature=1.2, top_k=20, top_p=0.95, seed=3)
+    a = s(PROMPTS, **kw)
+    calls, partials = [], []
+
+    def between(done: int, finished: int) -> None:
+        calls.append((done, finished))
+        if len(calls) == 3:
+            time.sleep(0.3)          # a pause in the middle of the decoding
+    b = s(PROMPTS, between_chunks=between, chunk_seconds=1e-9, on_partial=partials.append, partial_every=5, **kw)
+    assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.logprobs, b.logprobs)
+    assert np.array_equal(a.lengths, b.lengths)
+    # a first chunk of 4 tokens, then of one token when each should take no time; partial output keeps its cadence
+    done = [d for d, _ in calls]
+    assert done[:2] == [1, 5] and done[2:] == list(range(6, 4 + len(done)))
+    assert all(0 <= f <= 3 for _, f in calls)
+    assert [len(p[0]) for p in partials[:4]] == [1, 6, 11, 16]
+    grown = []
+    c = s(PROMPTS, between_chunks=lambda d, f: grown.append(d), chunk_seconds=100.0, **kw)
+    assert np.array_equal(a.tokens, c.tokens)
+    assert grown[:4] == [1, 5, 13, 29][:len(grown[:4])]  # chunk length doubles (4, 8, 16 ...) up to the target
 
 
 def test_eos_stops_only_its_row(model):

@@ -71,6 +71,36 @@ def test_event_stream_of_a_short_run(tmp_path):
     meta = CheckpointStore(paths.checkpoints, read_only=True).read_meta(3)
     assert meta["updates"] == 6 and meta["data"]["index"] == 0 and meta["data"]["epoch"] == 1
 
+    # every completion of the group streams; each rollout ends with a `done` partial (the console clears its line)
+    partials = [e for e in events if e["type"] == "partial"]
+    assert all(len(e["texts"]) == len(e["lengths"]) == 4 for e in partials)
+    assert [e["step"] for e in partials if e["done"]] == [1, 2, 3]
+    for e in partials:
+        if e["done"]:
+            first = next(s for s in samples if s["step"] == e["step"])
+            assert e["lengths"] == [c["length"] for c in first["completions"]]
+    # compilation: one event per program's first use, steps marked steady once nothing new compiles
+    programs = [e["program"] for e in events if e["type"] == "compile"]
+    assert {"sampler", "log-probabilities", "update"} <= set(programs) and len(programs) == len(set(programs))
+    assert all(e["cache"] in ("hit", "miss", "partial", "none") and e["seconds"] >= 0
+               for e in events if e["type"] == "compile")
+    assert [e["steady"] for e in steps][0] is False and all(e["compile_seconds"] >= 0 for e in steps)
+    assert [e for e in events if e["type"] == "run_started"][0]["compile_cache"]
+    # evaluation progress as questions get answered, ending at 100%
+    progress = [e["progress"] for e in events if e["type"] == "status" and e["status"] == "evaluating"
+                and e.get("progress") is not None]
+    assert progress.count(1.0) == 3 and all(0.0 <= x <= 1.0 for x in progress)
+    # the summary closes the run, just before its final status
+    summary = [e for e in events if e["type"] == "summary"]
+    assert len(summary) == 1 and types.index("summary") == len(types) - 2
+    s = summary[0]
+    assert (s["status"], s["step"], s["total_steps"], s["steps_this_process"]) == ("finished", 3, 3, 3)
+    rewards_seen = [e["metrics"]["reward_mean"] for e in steps]
+    assert s["best_reward"] == max(rewards_seen) and s["final_reward"] == rewards_seen[-1]
+    assert s["baseline_eval"]["step"] == 0 and s["final_eval"]["step"] == 3 and s["final_eval"]["split"] == "test"
+    assert s["checkpoint_step"] == 3 and s["checkpoint"].endswith("3") and s["wall_seconds"] > 0
+    assert meta["figures"]["best_reward"] == s["best_reward"]     # kept for a resumed run's summary
+
 
 def test_a_reward_function_that_raises_fails_the_run_naming_it_and_keeps_the_work(tmp_path):
     paths = prepare_run(ROOT / "profiles" / "tiny.toml", [

@@ -88,6 +88,7 @@ def test_reward_metrics_per_function_and_zero_spread_groups():
     assert (m["reward_min"], m["reward_max"]) == (2.0, 6.0)
     assert m["reward/a"] == pytest.approx(2.0) and m["reward/b"] == pytest.approx(1.25)
     assert m["frac_reward_zero_std"] == 0.5
+    assert m["reward_std"] == pytest.approx(np.std([2.0, 4.0, 6.0, 6.0], ddof=1))   # as the advantages' group std
 
 
 def test_length_and_update_metrics():
@@ -98,6 +99,17 @@ def test_length_and_update_metrics():
                              {"loss": float("nan"), "grad_norm": float("nan"), "finite": 0.0}])
     assert u["loss"] == 1.0 and u["grad_norm"] == 2.0 and u["skipped"] == 1.0
     assert mean_update_metrics([{"loss": 0.5, "finite": 1.0}])["skipped"] == 0.0
+
+
+def test_ratio_clipping_and_gradient_clipping_are_reported_apart():
+    its = [{"loss": 1.0, "grad_norm": 0.4, "clip_fraction": 0.25, "finite": 1.0},
+           {"loss": 1.0, "grad_norm": 0.05, "clip_fraction": 0.0, "finite": 1.0}]
+    u = mean_update_metrics(its, max_grad_norm=0.1)
+    assert u["ratio_clip_fraction"] == u["clip_fraction"] == 0.125            # the GRPO ratio clip (old key kept)
+    assert u["grad_norm"] == pytest.approx(0.225)                            # before clipping
+    assert u["grad_clip_scale"] == pytest.approx((0.25 + 1.0) / 2) and u["grad_clipped"] == 0.5
+    off = mean_update_metrics(its, max_grad_norm=0.0)
+    assert off["grad_clip_scale"] == 1.0 and off["grad_clipped"] == 0.0
 
 
 def test_sample_groups_hold_every_completion_of_the_first_groups():

@@ -1,8 +1,10 @@
 """`python -m engine eval RUN [--step N] [--num-questions N] [--preset P] [--split S] [--data PATH]`.
 
 Evaluates a saved checkpoint of a run (the latest by default) on its test questions, prints the figures, and writes
-them with every question's completion to RUN/evals/step_<N>.json. It only reads the checkpoints, so it can run
-beside a live engine. Exit codes: 0 done, 1 failed, 2 bad arguments.
+them with every question's completion to RUN/evals/step_<N>.json. Progress is printed as questions get answered.
+The result also goes into the run's event stream as an `eval` event with `source: "cli"` (the dashboard's
+evaluation table shows it): handed to the live engine, which writes it, or appended when no engine runs. It only
+reads the checkpoints, so it can run beside a live engine. Exit codes: 0 done, 1 failed, 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def _evaluate(run: Path, args: argparse.Namespace) -> int:
     from engine.train.text import PromptEncoder
 
     profile = load_profile(run / "profile.toml")
-    configure_compile_cache(run / ".jax_cache")
+    configure_compile_cache()
     store = CheckpointStore(run / "checkpoints", read_only=True)
     steps = store.steps()
     if not steps:
@@ -77,7 +79,12 @@ def _evaluate(run: Path, args: argparse.Namespace) -> int:
     model, tokenizer = load_policy(profile)
     _, template, _ = nnx.split(model, nnx.LoRAParam, ...)
     step, lora, _meta = store.restore_lora(args.step, template)
-    nnx.update(model, lora)
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    # uncommitted arrays, as in training: the run's compiled evaluation programs are then loaded from the cache
+    nnx.update(model, jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), lora))
     preset = args.preset or profile.eval.preset
     max_tokens = args.max_tokens or profile.eval.max_generation_steps
     encoder = PromptEncoder.for_profile(tokenizer, profile)
@@ -89,11 +96,16 @@ def _evaluate(run: Path, args: argparse.Namespace) -> int:
     print(f"evaluating {run.name} step {step} on {len(questions)} {args.split} questions of {splits.description} "
           f"({preset}, up to {max_tokens} tokens)", flush=True)
 
-    def progress(done: int, total: int) -> None:
-        print(f"  {done}/{total}", flush=True)
+    started, shown = time.perf_counter(), [-1, 0.0]
+
+    def progress(done: int, total: int) -> None:   # after each batch, and as answers end within one
+        now = time.perf_counter()
+        if done != shown[0] and (done == total or now - shown[1] >= 2.0):
+            shown[:] = [done, now]
+            print(f"  {done}/{total} answered ({now - started:.0f} s)", flush=True)
 
     result = evaluate(sampler, encoder, questions, preset=preset, split=args.split, eos_ids=eos, batch_size=batch,
-                      seed=profile.run.seed, on_progress=progress)
+                      seed=profile.run.seed, on_progress=progress, on_chunk=progress)
     c = result.counts
     print(f"step {step}: accuracy {100 * c.accuracy:.1f}% ({c.correct}/{c.total}), partial accuracy "
           f"{100 * c.partial_accuracy:.1f}% ({c.partially_correct}/{c.total}), format accuracy "
@@ -108,4 +120,34 @@ def _evaluate(run: Path, args: argparse.Namespace) -> int:
     tmp.write_text(json.dumps(report, indent=1))
     tmp.replace(out)
     print(f"written to {out}")
+    print(record_eval(run, dict(result.payload(step), source="cli", report=str(out))))
     return 0
+
+
+def record_eval(run: Path, payload: dict, timeout: float = 10.0) -> str:
+    """Put an `eval` event into the run's stream and say how: a live engine writes it (a `record` command, so the
+    stream keeps one writer and its sequence numbers), otherwise it is appended here."""
+    from engine.protocol import EventReader, EventWriter, RunPaths, engine_alive, send_command
+
+    paths = RunPaths(run)
+    if engine_alive(run):
+        reader = EventReader(paths.events)
+        reader.poll(max_bytes=None)   # skip what is there
+        cid = send_command(run, "record", event={"type": "eval", **payload})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and engine_alive(run):
+            for ev in reader.poll():
+                if ev.get("type") == "control_ack" and ev.get("id") == cid:
+                    if ev.get("ok"):
+                        return "recorded in the run's events by its engine"
+                    return f"not recorded in the run's events: {ev.get('message')}"
+            time.sleep(0.1)
+        if engine_alive(run):
+            return "the engine has not answered yet; it records the result when it reads its commands"
+        try:   # the engine ended meanwhile: take the command back and write the event here
+            next(p for p in paths.control.iterdir() if cid in p.name).unlink()
+        except (StopIteration, OSError):
+            return "recorded in the run's events by its engine"
+    with EventWriter(paths.events) as writer:
+        writer.emit("eval", **payload)
+    return "recorded in the run's events"

@@ -1,10 +1,13 @@
 """`generate PROFILE_OR_RUN "PROMPT"`: complete a prompt with a profile's model, or a run's latest checkpoint.
 
-The prompt is used as given (no chat template), with bos in front; `<start_of_turn>`/`<end_of_turn>` typed in it
-become their ids. Plain output is the generated text; `--json` prints one object with `prompt_ids`,
-`generated_ids`, `generated_logprobs` (log p of each generated token under softmax(logits / T) over the whole
-vocabulary, before top-k/top-p; T = 1 with `--greedy` unless `--temperature` is given) and `text`. Progress goes
-to stderr, so stdout holds only the result.
+The prompt is a question put into the profile's prompt template, as training and evaluation do (its
+`prompt.template` and instructions); `--raw` sends the text as given instead, with bos in front (`<start_of_turn>` /
+`<end_of_turn>` typed in it become their ids). Generation stops at an end-of-sequence id or one of the profile's
+`generation.stop_strings`. Plain output is the generated text, printed as it is generated; `--json` prints one object
+with `prompt` (the text sent), `prompt_ids`, `generated_ids`, `generated_logprobs` (log p of each generated token
+under softmax(logits / T) over the whole vocabulary, before top-k/top-p; T = 1 with `--greedy` unless
+`--temperature` is given) and `text` (without the final end-of-sequence id). Progress goes to stderr, so stdout
+holds only the result.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The command's arguments (sampling defaults come from the profile's `generation` section)."""
     ap = argparse.ArgumentParser(prog="tunix-tui generate", description=__doc__.split("\n\n")[0])
     ap.add_argument("profile", help="a profile .toml, or a run directory (its frozen profile and checkpoints)")
-    ap.add_argument("prompt", help="the prompt, used as given (bos is put in front)")
+    ap.add_argument("prompt", help="the question, put into the profile's prompt template (see --raw)")
+    ap.add_argument("--raw", action="store_true", help="send the prompt as given, without the template")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default: generation.max_generation_steps")
     ap.add_argument("--greedy", action="store_true", help="always take the most likely token")
     ap.add_argument("--temperature", type=float, default=None, help="default: generation.temperature")
@@ -56,19 +60,51 @@ def _load_run_adapters(model: Any, profile: Any, run_dir: Path, step: int | None
                    param_dtype=model.param_dtype)
         import jax
         import jax.numpy as jnp
+        import numpy as np
 
         used, lora, _ = store.restore_lora(step, lora_state(model))
-        nnx.update(model, jax.tree.map(jnp.asarray, lora))
+        nnx.update(model, jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), lora))   # uncommitted, as in training
         return used
     finally:
         store.close()
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Load the model, generate, and return the JSON-able result."""
+class TextStream:
+    """Writes a completion to `out` as it grows: given the tokens so far, it writes the text not written yet (held
+    back while the end is an unfinished character or could still change)."""
+
+    def __init__(self, tokenizer: Any, eos_ids: Sequence[int], stop_strings: Sequence[str], out: Any = None):
+        self.tokenizer, self.eos, self.stop_strings = tokenizer, set(int(e) for e in eos_ids), tuple(stop_strings)
+        self.out = out or sys.stdout
+        self.written = ""
+
+    def text(self, ids: Sequence[int]) -> str:
+        from engine.train.text import completion_ids, cut_at_stop
+
+        text = self.tokenizer.decode(completion_ids(list(ids), len(ids), self.eos))
+        return cut_at_stop(text, self.stop_strings) if self.stop_strings else text
+
+    def __call__(self, rows: list[list[int]]) -> None:
+        self._write(self.text(rows[0]).rstrip("\ufffd"))
+
+    def finish(self, text: str) -> None:
+        self._write(text)
+        self.out.write("\n")
+        self.out.flush()
+
+    def _write(self, text: str) -> None:
+        if len(text) > len(self.written) and text.startswith(self.written):
+            self.out.write(text[len(self.written):])
+            self.out.flush()
+            self.written = text
+
+
+def run(args: argparse.Namespace, stream: bool = False) -> dict[str, Any]:
+    """Load the model, generate, and return the JSON-able result (`stream`: write the text to stdout as it comes)."""
     from engine.model.load import load_model_and_tokenizer
     from engine.profile_io import load_profile
     from engine.sampler import Sampler
+    from engine.train.text import PromptEncoder
 
     profile = load_profile(args.profile, args.overrides)
     gen = profile.generation
@@ -92,22 +128,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         used = _load_run_adapters(model, profile, run_dir, args.step) if has_store else None
         _err(f"[model] adapters of checkpoint step {used}" if used is not None
              else "[model] the run has no checkpoint yet: base model")
-    prompt_ids = tok.encode(args.prompt, add_bos=True)
+    encoder = PromptEncoder.for_profile(tok, profile)   # the template and stop strings training uses
+    prompt = args.prompt if args.raw else encoder.text_of(args.prompt)
+    prompt_ids = tok.encode(prompt, add_bos=True)
     if len(prompt_ids) + max_new > model.cfg.max_seq_len:
         raise ValueError(f"prompt ({len(prompt_ids)} tokens) plus {max_new} new tokens exceed the model's "
                          f"context of {model.cfg.max_seq_len}")
     sampler = Sampler(model, tok, eos_ids=list(gen.eos_tokens), max_prompt_length=len(prompt_ids),
-                      max_new_tokens=max_new)
+                      max_new_tokens=max_new, stop_sequences=encoder.stop_ids)
+    text_of = TextStream(tok, gen.eos_tokens, gen.stop_strings)
     t1 = time.perf_counter()
-    out = sampler([prompt_ids], temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, greedy=args.greedy)
+    out = sampler([prompt_ids], temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, greedy=args.greedy,
+                  on_partial=text_of if stream else None, partial_every=1)
     n = int(out.lengths[0])
     ids = [int(i) for i in out.tokens[0, :n]]
+    text = text_of.text(ids)
+    if stream:
+        text_of.finish(text)
     _err(f"[generate] {n} tokens in {time.perf_counter() - t1:.1f} s (load {t1 - t0:.1f} s)")
     return {
+        "prompt": prompt,
         "prompt_ids": prompt_ids,
         "generated_ids": ids,
         "generated_logprobs": [float(x) for x in out.logprobs[0, :n]],
-        "text": tok.decode(ids),
+        "text": text,
         "finish_reason": "length" if bool(out.truncated[0]) else "eos",
         "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed, "greedy": bool(args.greedy),
     }
@@ -124,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from engine.weights.errors import WeightsError
 
     try:
-        result = run(args)
+        result = run(args, stream=not args.json)
     except ProfileError as exc:
         _err(f"generate: {exc}")
         return 2
@@ -136,6 +180,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.json:
         print(json.dumps(result, ensure_ascii=False), flush=True)
-    else:
-        print(result["text"], flush=True)
     return 0

@@ -1,26 +1,41 @@
-"""Live control of the engine between phases: pause / resume / checkpoint / stop.
+"""Live control of the engine: pause / resume / checkpoint / stop, answered within a second, acted on within seconds.
 
-The loop calls `Controller.boundary(...)` at every phase boundary. Pending command files are read there and
-acknowledged at once (a `control_ack` event carrying the command's id); a pause then holds inside `boundary` until a
-resume or stop arrives (the heartbeat thread keeps running). A checkpoint request or a stop is returned to the loop,
-which saves and, for a stop, exits.
+A watcher thread (`start_watching`) reads the control folder several times a second and acknowledges each command
+at once with a `control_ack` event carrying its id (so an answer never waits for a long phase to end); a pause or
+stop says when it takes effect. The training loop calls `Controller.boundary(...)` at every phase boundary and,
+through the sampler's `between_chunks` callback, between the decode chunks of a rollout or an evaluation (every
+half second or so): a pause holds inside `boundary` until a resume or stop arrives (the heartbeat thread keeps
+running), a stop is returned to the loop, which saves and exits. A checkpoint request is served by the loop's own
+thread at the next such point, and its acknowledgement carries the outcome ("saved step 5 -> PATH, 0.8 s", "step 5
+is already saved ...").
+
+Besides the user's commands, `record` carries an event written by another process of the same user while the engine
+lives (a command-line evaluation's `eval`), so that the event stream keeps a single writer.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from engine.protocol import Command, take_commands
 from engine.train.events import RunLog
+
+log = logging.getLogger("engine")
+
+# Where the loop checks for commands every chunk (a pause there takes effect within about a second); elsewhere it
+# checks when the phase ends.
+RESPONSIVE = {("running", "rollout"), ("evaluating", None), ("paused", None)}
 
 
 @dataclass
 class Pending:
     """What the loop must do at this boundary."""
-    checkpoint: bool = False   # save now (reason "request")
+    checkpoint: bool = False   # a save was requested and has not been served (no `save` was given)
     stop: str | None = None    # why to stop ("stop" command, "SIGTERM", ...): checkpoint then exit 0
 
 
@@ -35,17 +50,29 @@ class Controller:
     pending: Pending = field(default_factory=Pending)
     signal_stop: Callable[[], str | None] = lambda: None  # the StopSignal's flag
     sleep: Callable[[float], None] = time.sleep
+    # `record` commands: the event's type and payload -> (ok, message); None refuses them
+    on_record: Callable[[str, dict[str, Any]], tuple[bool, str]] | None = None
+    held_seconds: float = 0.0   # time spent inside `boundary` paused or saving on request (the loop leaves it out
+    #                             of its phase timings)
+    _checkpoint_ids: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _watch_stop: threading.Event = field(default_factory=threading.Event)
+    _watcher: threading.Thread | None = None
+
+    # -- commands ---------------------------------------------------------------------------------------------
 
     def poll(self) -> None:
-        """Handle every waiting command file (ack each one); also pick up a stop signal."""
-        for item in take_commands(self.run_dir):
-            if isinstance(item, str):
-                self.events.info(item, level="warning")
-                continue
-            self._handle(item)
-        sig = self.signal_stop()
-        if sig and self.pending.stop is None:
-            self.pending.stop = sig
+        """Handle every waiting command file (ack each one, a checkpoint once served); pick up a stop signal.
+        Safe to call from the watcher thread and the loop's thread."""
+        with self._lock:
+            for item in take_commands(self.run_dir):
+                if isinstance(item, str):
+                    self.events.info(item, level="warning")
+                    continue
+                self._handle(item)
+            sig = self.signal_stop()
+            if sig and self.pending.stop is None:
+                self.pending.stop = sig
 
     def _handle(self, cmd: Command) -> None:
         ok, message = True, ""
@@ -56,7 +83,7 @@ class Controller:
                 message = "already paused"
             else:
                 self.paused, self.pause_reason = True, "requested"
-                message = "pauses at the next phase boundary"
+                message = f"pausing {self._when()}"
         elif cmd.command == "resume":
             if not self.paused:
                 message = "not paused"
@@ -65,40 +92,106 @@ class Controller:
                 message = "resuming"
         elif cmd.command == "checkpoint":
             self.pending.checkpoint = True
-            message = "saves at the next phase boundary"
+            self._checkpoint_ids.append(cmd.id)
+            return  # acknowledged with the outcome once saved
         elif cmd.command == "stop":
             self.pending.stop = self.pending.stop or "stop"
             self.paused = False
-            message = "saves a checkpoint and exits"
-        self.events.emit("control_ack", command=cmd.command, id=cmd.id, ok=ok, message=message)
+            message = f"stopping {self._when()}: saves a checkpoint and exits"
+        elif cmd.command == "record":
+            ok, message = self._record(cmd.body.get("event"))
+        self.ack(cmd.command, cmd.id, ok, message)
+
+    def _record(self, event: Any) -> tuple[bool, str]:
+        if self.on_record is None:
+            return False, "this engine does not record events from other processes"
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            return False, "no event to record"
+        payload = {k: v for k, v in event.items() if k not in ("v", "seq", "t", "type")}
+        try:
+            return self.on_record(event["type"], payload)
+        except Exception as exc:  # noqa: BLE001 - a bad request never stops training
+            return False, f"not recorded: {exc}"
+
+    def _when(self) -> str:
+        """When a pause or stop asked for now takes effect, in words."""
+        status, phase = self.events.status_now, self.events.phase_now
+        if (status, phase) in RESPONSIVE or (status, None) in RESPONSIVE:
+            return "now"
+        if status == "running" and phase:
+            return f"when the {phase} phase ends"
+        what = {"compiling": "compilation", "checkpointing": "checkpoint", "starting": "loading"}.get(status, status)
+        return f"when the {what or 'start-up'} ends"
+
+    def ack(self, command: str, cid: str, ok: bool, message: str) -> None:
+        self.events.emit("control_ack", command=command, id=cid, ok=ok, message=message)
 
     def pause_with_error(self, reason: str) -> None:
         """Pause on the engine's own initiative (e.g. repeated non-finite updates); a resume continues."""
         self.paused, self.pause_reason = True, reason
 
-    def boundary(self, *, step: int, on_pending: Callable[[Pending], bool] | None = None) -> Pending:
-        """Called between phases: handle commands, hold while paused, and return what the loop must do.
+    # -- the watcher thread -------------------------------------------------------------------------------------
 
-        While paused, checkpoint requests are served through `on_pending` (which returns True when it handled the
-        request) so a paused run can still be saved; a stop ends the hold.
-        """
+    def start_watching(self, interval: float = 0.25) -> "Controller":
+        """Acknowledge commands from a daemon thread every `interval` seconds, whatever the loop is doing."""
+        if self._watcher is None:
+            self._watch_stop.clear()
+            self._watcher = threading.Thread(target=self._watch, args=(interval,), name="control", daemon=True)
+            self._watcher.start()
+        return self
+
+    def _watch(self, interval: float) -> None:
+        while not self._watch_stop.wait(interval):
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - the loop's own checks still work
+                log.exception("control watcher")
+
+    def stop_watching(self) -> None:
+        self._watch_stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+            self._watcher = None
+
+    # -- the loop's side ----------------------------------------------------------------------------------------
+
+    def boundary(self, *, step: int, save: Callable[[], tuple[bool, str]] | None = None) -> Pending:
+        """Called by the loop between phases and decode chunks: handle commands, serve a checkpoint request with
+        `save` (which returns (ok, outcome) for the acknowledgement), hold while paused (serving checkpoint requests
+        meanwhile; a stop ends the hold), and return what the loop must do."""
         self.poll()
+        started = time.perf_counter()
+        self._serve(save)
         if self.paused and not self.pending.stop:
             resume_status = self.events.status_now, self.events.phase_now
             self.events.status("paused", step=step, detail=self.pause_reason if self.pause_reason != "requested"
                                else "")
             while self.paused and not self.pending.stop:
-                if self.pending.checkpoint and on_pending is not None and on_pending(self.pending):
-                    self.pending.checkpoint = False
+                if self.pending.checkpoint and save is not None:
+                    self._serve(save)
                     self.events.status("paused", step=step, force=True)
                 self.sleep(self.poll_interval)
                 self.poll()
             if not self.pending.stop and resume_status[0]:
                 self.events.status(resume_status[0], phase=resume_status[1], step=step)
+        self.held_seconds += time.perf_counter() - started
         return self.take()
 
+    def _serve(self, save: Callable[[], tuple[bool, str]] | None) -> None:
+        if save is None or not self.pending.checkpoint:
+            return
+        with self._lock:
+            ids, self._checkpoint_ids = self._checkpoint_ids, []
+            self.pending.checkpoint = False
+        try:
+            ok, message = save()
+        except Exception as exc:
+            for cid in ids:
+                self.ack("checkpoint", cid, False, f"not saved: {type(exc).__name__}: {exc}")
+            raise
+        for cid in ids:
+            self.ack("checkpoint", cid, ok, message)
+
     def take(self) -> Pending:
-        """The pending actions, cleared (a stop stays set: the loop is ending)."""
-        out = Pending(checkpoint=self.pending.checkpoint, stop=self.pending.stop)
-        self.pending.checkpoint = False
-        return out
+        """The pending actions (a stop stays set: the loop is ending)."""
+        return Pending(checkpoint=self.pending.checkpoint, stop=self.pending.stop)

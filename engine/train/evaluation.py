@@ -41,11 +41,14 @@ def select(examples: Sequence[Example], n: int) -> list[Example]:
 
 def evaluate(sampler: Any, encoder: PromptEncoder, examples: Sequence[Example], *, preset: str, split: str,
              eos_ids: Sequence[int], batch_size: int, seed: int = 0, num_examples: int = 3,
-             on_progress: Callable[[int, int], None] | None = None) -> EvalResult:
+             on_progress: Callable[[int, int], None] | None = None,
+             on_chunk: Callable[[int, int], None] | None = None) -> EvalResult:
     """Generate an answer to each example with `preset` and count (engine.grpo.eval_metrics).
 
     Batches are always `batch_size` rows (the last one padded by repeating prompts), so one sampler program
-    serves the whole evaluation. `on_progress(done, total)` is called after each batch."""
+    serves the whole evaluation. `on_progress(done, total)` is called after each batch, `on_chunk(answered, total)`
+    between the sampler's decode chunks (about every half second; answered counts the questions whose answer has
+    ended), where a caller may also check for commands or wait."""
     settings = EVAL_PRESETS[preset]
     start = time.perf_counter()
     texts: list[str] = []
@@ -57,9 +60,14 @@ def evaluate(sampler: Any, encoder: PromptEncoder, examples: Sequence[Example], 
         chunk = items[lo:lo + batch_size]
         prompts = [encoder.ids(e) for e in chunk]
         prompts += [prompts[-1]] * (batch_size - len(prompts))
-        out = sampler(prompts, temperature=float(settings["temperature"]), top_k=int(settings["top_k"]),
-                      top_p=float(settings["top_p"]), greedy=bool(settings["greedy"]), seed=seed + lo)
         n = len(chunk)
+
+        def between(_tokens: int, finished: int, before: int = lo, n: int = n) -> None:
+            on_chunk(before + min(finished, n), len(items))
+
+        out = sampler(prompts, temperature=float(settings["temperature"]), top_k=int(settings["top_k"]),
+                      top_p=float(settings["top_p"]), greedy=bool(settings["greedy"]), seed=seed + lo,
+                      between_chunks=between if on_chunk is not None else None)
         texts.extend(encoder.completions(out.tokens[:n], out.lengths[:n], eos_ids))
         tokens += int(out.lengths[:n].sum())
         lengths.extend(int(x) for x in out.lengths[:n])

@@ -20,13 +20,14 @@ import numpy as np
 from engine.config import Profile
 from engine.profile_io import load_profile, profile_fingerprint, to_dict
 from engine.protocol import RunPaths
-from engine.train.control import Controller, Pending
+from engine.train.control import Controller
 from engine.train.events import RunLog
 from engine.train.process import Heartbeat, StopSignal
 
 log = logging.getLogger("engine")
 
 HOOKS_ENV = "TUNIX_TUI_TEST_HOOKS"
+STEADY_COMPILE_SECONDS = 0.5   # a step that spent longer compiling is not a steady-state step
 
 
 @dataclass
@@ -96,15 +97,22 @@ class Trainer:
         self.heartbeat_interval = heartbeat_interval
         self.log = RunLog(self.paths.events)
         self.signals = StopSignal()
-        self.control = Controller(self.paths.root, self.log, signal_stop=lambda: self.signals.requested)
+        self.control = Controller(self.paths.root, self.log, signal_stop=lambda: self.signals.requested,
+                                  on_record=self._record_event)
         self.profile: Profile | None = None
         self.state: TrainState | None = None
         self.store: Any = None
         self.wandb: Any = None
         self._saved_step: int | None = None
         self._compiled: set[str] = set()
+        self._compiling: tuple | None = None   # the program in its first use: (name, step, start, stats, held)
+        self.compile_cache: Path | None = None
         self.total_steps = 0
         self.history: list[dict[str, Any]] = []   # step metrics of this process (tests read them)
+        # figures of the whole run for its `summary` (kept in checkpoints, so a resumed run continues them)
+        self.figures: dict[str, Any] = {"best_reward": None, "best_reward_step": None, "baseline_eval": None,
+                                        "final_eval": None, "last_eval": None}
+        self._started = time.time()
 
     # ------------------------------------------------------------------------------------------------------------
     # entry point
@@ -112,6 +120,7 @@ class Trainer:
     def run(self) -> int:
         """Do the run; returns the exit code. Never raises (an error is an event plus exit code 1)."""
         heartbeat = Heartbeat(self.paths.root, self.heartbeat_interval).start()
+        self.control.start_watching()
         if self.install_signals:
             self.signals.install()
         try:
@@ -119,6 +128,7 @@ class Trainer:
             self._setup()
             self._train()
             self._finish()
+            self._summary("finished")
             self.log.status("finished", step=self.state.step if self.state else 0)
             return 0
         except StopRun as stop:
@@ -126,6 +136,7 @@ class Trainer:
                 self._save("stop", detail=stop.reason)
             except Exception as exc:  # noqa: BLE001 - the stop still ends the run; say what was not saved
                 self._report_unsaved("stop", exc)
+            self._summary("stopped")
             self.log.status("stopped", step=self.state.step if self.state else 0, detail=stop.reason)
             return 0
         except SystemExit:  # a second stop signal: leave at once, without a checkpoint
@@ -136,7 +147,7 @@ class Trainer:
             self._fail(exc)
             return 1
         finally:
-            for closing in (lambda: self.wandb is not None and self.wandb.finish(),
+            for closing in (self.control.stop_watching, lambda: self.wandb is not None and self.wandb.finish(),
                             lambda: self.store is not None and self.store.close(),
                             lambda: self.install_signals and self.signals.uninstall(),
                             heartbeat.stop, self.log.close):
@@ -198,13 +209,14 @@ class Trainer:
                                                         on_problem=lambda msg: self.log.info(msg, level="warning")))
         self.log.emit("run_started", run_id=self.paths.run_id, pid=os.getpid(), host=os.uname().nodename,
                       resumed=resume_step is not None, step=self.state.step, total_steps=self.total_steps,
-                      profile=str(self.paths.profile))
+                      profile=str(self.paths.profile),
+                      compile_cache=str(self.compile_cache) if self.compile_cache else None)
         self._start_wandb(profile, resumed=resume_step is not None)
 
     def _configure_jax(self) -> None:
         from engine.train.setup import configure_compile_cache
 
-        configure_compile_cache(self.paths.root / ".jax_cache")
+        self.compile_cache = configure_compile_cache()
 
     def _load_data(self, p: Profile) -> None:
         from engine.data import BatchIterator
@@ -312,14 +324,17 @@ class Trainer:
         import jax.numpy as jnp
         import jax
 
-        lora = jax.tree.map(jnp.asarray, restored.lora)
-        opt_state = jax.tree.map(jnp.asarray, restored.opt_state)
+        # by way of numpy: arrays not committed to a device, as a fresh run's are; committed ones would make every
+        # program that takes them a new one, compiled again rather than loaded from the compilation cache
+        lora = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), restored.lora)
+        opt_state = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), restored.opt_state)
         nnx.update(self.model, lora)
         meta = restored.meta
         self.state = TrainState(step=restored.step, lora=lora, opt_state=opt_state,
                                 data_position=self.iterator.state_dict(), updates=int(meta.get("updates", 0)),
                                 nonfinite_in_row=int(meta.get("nonfinite_in_row", 0)))
         self._saved_step = restored.step
+        self.figures.update(meta.get("figures") or {})
         skipped = len(plan.damaged) + len(failed)
         self.log.info(f"resumed from the checkpoint of step {restored.step}"
                       + (f", the newest that restores ({skipped} damaged set aside)" if skipped else ""),
@@ -339,16 +354,11 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------------
     # control between phases
 
-    def _boundary(self) -> None:
+    def _boundary(self, *_: Any) -> None:
+        """Handle control: hold while paused, save on request, raise StopRun on a stop. Called at phase boundaries
+        and between the decode chunks of a rollout or an evaluation (as the sampler's `between_chunks`)."""
         step = self.state.step if self.state else 0
-
-        def serve(pending: Pending) -> bool:  # a checkpoint requested while paused
-            self._save("request")
-            return True
-
-        pending = self.control.boundary(step=step, on_pending=serve)
-        if pending.checkpoint:
-            self._save("request")
+        pending = self.control.boundary(step=step, save=lambda: self._save("request"))
         if pending.stop:
             raise StopRun(pending.stop)
 
@@ -358,46 +368,73 @@ class Trainer:
 
         trim_host_memory()
         self._boundary()
+        self._compiled_end()
         if compiles and compiles not in self._compiled:
-            self._compiled.add(compiles)
+            self._compiled_begin(compiles, step)
             self.log.status("compiling", phase=phase, step=step, detail=f"{compiles} (first use)")
         else:
             self.log.status("running", phase=phase, step=step)
 
+    def _compiled_begin(self, program: str, step: int) -> None:
+        from engine.train.setup import COMPILE_STATS
+
+        self._compiled.add(program)
+        self._compiling = (program, step, time.perf_counter(), COMPILE_STATS.snapshot(), self.control.held_seconds)
+
+    def _compiled_end(self) -> None:
+        """After a program's first use: a `compile` event (seconds spent compiling or loading it, cache outcome)."""
+        if self._compiling is None:
+            return
+        from engine.train.setup import COMPILE_STATS, cache_outcome
+
+        program, step, start, (hits0, misses0, seconds0), held = self._compiling
+        self._compiling = None
+        hits, misses, seconds = COMPILE_STATS.snapshot()
+        self.log.emit("compile", step=step, program=program, seconds=seconds - seconds0,
+                      phase_seconds=time.perf_counter() - start - (self.control.held_seconds - held),
+                      cache_hits=hits - hits0, cache_misses=misses - misses0,
+                      cache=cache_outcome(hits - hits0, misses - misses0, self.compile_cache is not None))
+
     # ------------------------------------------------------------------------------------------------------------
     # checkpoints
 
-    def _save(self, reason: str, detail: str = "") -> None:
-        """Save the committed state (once per step), then a `checkpoint` event."""
+    def _save(self, reason: str, detail: str = "") -> tuple[bool, str]:
+        """Save the committed state (once per step), then a `checkpoint` event. Returns (ok, what happened): the
+        answer to a checkpoint request."""
         if self.state is None or self.store is None:
-            return
+            return False, "nothing to save yet: the run is still starting"
         step = self.state.step
         if step == 0 and self._saved_step is None:  # this process trained nothing and restored nothing
             if reason == "request":
                 self.log.info("nothing trained yet: no checkpoint to save", level="warning")
-            return
+            return False, "nothing trained yet: no checkpoint to save"
         path = self.store.path(step)
         if self._saved_step == step and reason in ("error", "final"):
-            return  # nothing new since the last checkpoint
+            return True, f"step {step} is already saved ({path})"  # nothing new since the last checkpoint
         if self._saved_step != step:
             from engine.train.checkpoints import all_finite
 
             if not (all_finite(self.state.lora) and all_finite(self.state.opt_state)):
                 self.log.info(f"step {step}: the state is not finite; no checkpoint written", level="error")
-                return
+                return False, f"step {step} not saved: its state is not finite"
+            t0 = time.perf_counter()
             previous = (self.log.status_now, self.log.phase_now)
             self.log.status("checkpointing", step=step, detail=reason)
             meta = {"fingerprint": self.fingerprint, "data": self.state.data_position,
                     "rng": {"seed": self.profile.run.seed, "scheme": "sampling seed = SeedSequence([seed, step])"},
                     "updates": self.state.updates, "nonfinite_in_row": self.state.nonfinite_in_row,
-                    "total_steps": self.total_steps, "reason": reason}
+                    "total_steps": self.total_steps, "reason": reason, "figures": self.figures}
             path = self._write_checkpoint(step, reason, meta)
             if path is None:
-                return
+                return False, f"step {step} not saved (see the error)"
             self._saved_step = step
             if previous[0] and previous[0] not in ("checkpointing",) and reason not in ("stop", "error", "final"):
                 self.log.status(previous[0], phase=previous[1], step=step)
+            outcome = f"saved step {step} -> {path}, {time.perf_counter() - t0:.1f} s"
+        else:
+            outcome = f"step {step} is already saved ({path})"
         self.log.emit("checkpoint", step=step, path=str(path), reason=reason, **({"detail": detail} if detail else {}))
+        return True, outcome
 
     def _write_checkpoint(self, step: int, reason: str, meta: dict[str, Any]) -> Path | None:
         """`store.save` with the free space checked first. Short of space (or cut short by a full disk), it pauses
@@ -435,10 +472,13 @@ class Trainer:
         from engine.train.metrics import length_metrics, mean_update_metrics, reward_metrics, sample_groups
         from engine.train.step import SequenceBatch, left_pad
 
+        from engine.train.setup import COMPILE_STATS
+
         p = self.profile
         G = p.grpo.num_generations
         timer = Timer()
-        t_step = time.perf_counter()
+        t_step, held_before = time.perf_counter(), self.control.held_seconds
+        compiled_before, compile_before = len(self._compiled), COMPILE_STATS.seconds
         if self.hooks.step_sleep:
             self._boundary()
             time.sleep(self.hooks.step_sleep)
@@ -452,14 +492,17 @@ class Trainer:
         prompt_ids = [row for row in ids for _ in range(G)]
         on_partial = (self._partial_callback(step, G) if p.logging.samples_per_step > 0
                       and p.generation.partial_every > 0 else None)   # partial_every = 0: never
+        held = self.control.held_seconds
         out = self.sampler(prompt_ids, temperature=p.generation.temperature, top_k=p.generation.top_k,
                            top_p=p.generation.top_p, seed=step_seed(p.run.seed, step), on_partial=on_partial,
-                           partial_every=max(p.generation.partial_every, 1))
+                           partial_every=max(p.generation.partial_every, 1), between_chunks=self._boundary)
+        if on_partial is not None:   # the rollout is over: the console clears its "generating" line
+            self._emit_partial(step, [list(out.tokens[i, :out.lengths[i]]) for i in range(G)], done=True)
         texts = self.encoder.completions(out.tokens, out.lengths, self.eos_ids)
         # the adapters change every step, so the sampler's re-laid-out weight copy (the size of the layer weights)
         # would only be rebuilt; meanwhile the update needs the memory
         self.sampler.release()
-        timer.add("rollout", time.perf_counter() - t0)
+        timer.add("rollout", time.perf_counter() - t0 - (self.control.held_seconds - held))   # not the time paused
 
         # rewards ------------------------------------------------------------------------------------------------
         self._enter("rewards", step)
@@ -501,13 +544,14 @@ class Trainer:
         from flax import nnx
 
         nnx.update(self.model, lora)
-        update_metrics = mean_update_metrics(per_iteration)
+        update_metrics = mean_update_metrics(per_iteration, max_grad_norm=p.optimizer.max_grad_norm)
         skipped = update_metrics["skipped"] > 0
         self.state = TrainState(step=step, lora=lora, opt_state=opt_state, data_position=position, updates=updates,
                                 nonfinite_in_row=self.state.nonfinite_in_row + 1 if skipped else 0)
         timer.add("update", time.perf_counter() - t0)
 
         # metrics ------------------------------------------------------------------------------------------------
+        self._compiled_end()
         self.log.status("running", phase="metrics", step=step)
         from engine.train.memory import memory_stats
 
@@ -520,11 +564,19 @@ class Trainer:
         metrics["tokens_per_s"] = generated / max(timer.times.get("rollout", 0.0), 1e-9)
         for name in ("rollout", "rewards", "reference", "update"):
             metrics[f"time_{name}"] = timer.times.get(name, 0.0)
-        metrics["time_step"] = time.perf_counter() - t_step
+        metrics["time_step"] = time.perf_counter() - t_step - (self.control.held_seconds - held_before)
         memory = memory_stats()
         epoch = (step - 1) // max(self.per_epoch, 1)
-        self.log.emit("step", step=step, total_steps=self.total_steps, epoch=epoch, metrics=metrics, memory=memory)
-        self.history.append(dict(metrics, step=step))
+        # a steady step compiled nothing: its time predicts the next ones (an ETA leaves the others out)
+        compile_seconds = COMPILE_STATS.seconds - compile_before
+        steady = len(self._compiled) == compiled_before and compile_seconds < STEADY_COMPILE_SECONDS
+        self.log.emit("step", step=step, total_steps=self.total_steps, epoch=epoch, metrics=metrics, memory=memory,
+                      compile_seconds=compile_seconds, steady=steady)
+        self.history.append(dict(metrics, step=step, steady=steady))
+        reward = metrics.get("reward_mean")
+        if reward is not None and np.isfinite(reward) and (self.figures["best_reward"] is None
+                                                          or reward > self.figures["best_reward"]):
+            self.figures.update(best_reward=float(reward), best_reward_step=step)
         self.watch.after_step(step, metrics, memory)
         for sample in sample_groups(step=step, questions=[e.question for e in examples],
                                     answers=[e.answer for e in examples], texts=texts, scores=scores,
@@ -574,10 +626,17 @@ class Trainer:
             if now - last[0] < 0.5 or done >= max_tokens:
                 return
             last[0] = now
-            eos = set(self.eos_ids)
-            texts = [self.tokenizer.decode([t for t in r if t not in eos]) for r in rows[:group_size]]
-            self.log.emit("partial", step=step, tokens_done=done, max_tokens=max_tokens, texts=texts)
+            self._emit_partial(step, rows[:group_size])
         return on_partial
+
+    def _emit_partial(self, step: int, rows: list[list[int]], *, done: bool = False) -> None:
+        """A `partial` event: the text so far of every completion of the first group; `done` once the rollout has
+        ended (the texts are then final)."""
+        eos = set(self.eos_ids)
+        texts = [self.tokenizer.decode([int(t) for t in r if t not in eos]) for r in rows]
+        self.log.emit("partial", step=step, tokens_done=max((len(r) for r in rows), default=0),
+                      max_tokens=self.profile.generation.max_generation_steps, texts=texts,
+                      lengths=[len(r) for r in rows], done=done)
 
     # ------------------------------------------------------------------------------------------------------------
     # evaluation
@@ -594,17 +653,31 @@ class Trainer:
         self._boundary()
         self.log.status("evaluating", step=step, detail=f"{len(questions)} {split} questions ({p.eval.preset})",
                         progress=0.0)
-        batch = max(p.training.micro_batch_size * p.grpo.num_generations, 8)
+        batch = min(max(p.training.micro_batch_size * p.grpo.num_generations, 8), len(questions))
+        program = f"evaluation sampler ({batch} rows)"
+        if program not in self._compiled:
+            self._compiled_end()
+            self._compiled_begin(program, step)
+        shown = [-1, 0.0]   # answered count and time of the last progress status
 
         def progress(done: int, total: int) -> None:
-            self.log.status("evaluating", step=step, progress=done / total, force=True,
-                            detail=f"{done}/{total} {split} questions")
+            if done != shown[0] and (done == total or time.monotonic() - shown[1] >= 1.0):
+                shown[:] = [done, time.monotonic()]
+                self.log.status("evaluating", step=step, progress=done / total, force=True,
+                                detail=f"{done}/{total} {split} questions")
+
+        def between_chunks(done: int, total: int) -> None:   # commands, and progress inside a batch
+            self._boundary()
+            progress(done, total)
 
         result = evaluate(self._evaluation_sampler(), self.encoder, questions, preset=p.eval.preset, split=split,
-                          eos_ids=self.eos_ids, batch_size=min(batch, len(questions)), seed=p.run.seed,
-                          on_progress=progress)
+                          eos_ids=self.eos_ids, batch_size=batch, seed=p.run.seed,
+                          on_progress=progress, on_chunk=between_chunks)
         self._eval_sampler.release()
-        self.log.emit("eval", **result.payload(step))
+        self._compiled_end()
+        payload = result.payload(step)
+        self.log.emit("eval", **payload)
+        self._note_eval(payload)
         self.wandb.log_eval(step, split, {k: v for k, v in result.figures().items() if isinstance(v, (int, float))})
         return result
 
@@ -622,6 +695,42 @@ class Trainer:
                                          min_prompt_bucket=self.encoder.bucket(select(every, 4096)),
                                          stop_sequences=self.encoder.stop_ids)
         return self._eval_sampler
+
+    def _note_eval(self, payload: dict[str, Any]) -> None:
+        figures = {k: payload.get(k) for k in ("step", "split", "num_questions", "accuracy", "partial_accuracy",
+                                               "format_accuracy", "preset")}
+        self.figures["last_eval"] = figures
+        if payload.get("step") == 0:
+            self.figures["baseline_eval"] = figures
+        elif payload.get("split") == "test":
+            self.figures["final_eval"] = figures
+
+    def _record_event(self, type_: str, payload: dict[str, Any]) -> tuple[bool, str]:
+        """A `record` command (from the control watcher's thread): write another process's event into the stream."""
+        if type_ != "eval":
+            return False, f"only eval events are recorded for other processes, not {type_!r}"
+        self.log.emit("eval", **dict(payload, source=payload.get("source") or "cli"))
+        return True, "recorded in the event stream"
+
+    def _summary(self, status: str) -> None:
+        """The `summary` event that closes a finished or stopped run (never fails the run)."""
+        try:
+            steady = [h["time_step"] for h in self.history if h.get("steady")]
+            recent = [h["reward_mean"] for h in self.history[-10:]
+                      if h.get("reward_mean") is not None and np.isfinite(h["reward_mean"])]
+            with open(self.paths.events, "rb") as fh:
+                began = float(json.loads(fh.readline())["t"])
+            saved = self._saved_step
+            self.log.emit("summary", status=status, step=self.state.step if self.state else 0,
+                          total_steps=self.total_steps, wall_seconds=time.time() - self._started,
+                          elapsed_seconds=time.time() - began, steps_this_process=len(self.history),
+                          step_seconds=float(np.mean(steady)) if steady else None,
+                          final_reward=self.history[-1].get("reward_mean") if self.history else None,
+                          recent_reward=float(np.mean(recent)) if recent else None, **self.figures,
+                          checkpoint_step=saved, checkpoint=str(self.store.path(saved)) if saved is not None else None,
+                          run_dir=str(self.paths.root))
+        except Exception as exc:  # noqa: BLE001
+            self.log.info(f"no run summary: {type(exc).__name__}: {exc}", level="warning")
 
     def _finish(self) -> None:
         p = self.profile

@@ -10,26 +10,100 @@ from typing import Any, Callable
 from engine.config import Profile
 
 COMPILE_CACHE_ENV = "TUNIX_TUI_COMPILE_CACHE"
+COMPILE_CACHE_MAX_BYTES = 4 << 30   # least recently used programs are dropped beyond this
 
 
-def configure_compile_cache(default_dir: Path) -> Path | None:
-    """Cache compiled XLA programs in `default_dir` (inside the run directory: a resumed run skips compiling).
-
-    TUNIX_TUI_COMPILE_CACHE names another folder (tests share one), or "off". Returns the folder used."""
-    import jax
+def compile_cache_dir() -> Path | None:
+    """Where compiled programs are kept: `xla/` in the user's cache folder (`$TUNIX_TUI_CACHE`, by default
+    ~/.cache/tunix-tui), shared by every run of this user on this machine; TUNIX_TUI_COMPILE_CACHE names another
+    folder (tests share one), or "off" (None)."""
+    from engine.userdirs import cache_dir
 
     where = os.environ.get(COMPILE_CACHE_ENV, "")
     if where == "off":
         return None
-    cache = Path(where) if where else Path(default_dir)
+    return Path(where).expanduser() if where else cache_dir() / "xla"
+
+
+def configure_compile_cache() -> Path | None:
+    """Keep compiled XLA programs on disk (`compile_cache_dir`), so a resumed run, an evaluation or a new run of the
+    same shapes loads them instead of compiling again, and count hits and misses in COMPILE_STATS. Returns the
+    folder used (None when off or unavailable)."""
+    import jax
+
+    COMPILE_STATS.install()
+    cache = compile_cache_dir()
+    if cache is None:
+        return None
     try:
+        _stamp_unstamped(cache)
         jax.config.update("jax_compilation_cache_dir", str(cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
     except Exception as exc:  # noqa: BLE001 - only a speed-up
         logging.getLogger("engine").warning("no compilation cache: %s", exc)
         return None
     return cache
+
+
+def _stamp_unstamped(cache: Path) -> None:
+    """Give every entry its access-time file: JAX's size-bounded cache needs one per entry and fails to write when an
+    entry lacks it (entries written by an unbounded cache, e.g. an older tunix-tui sharing the folder)."""
+    if not cache.is_dir():
+        return
+    for entry in cache.glob("*-cache"):
+        atime = entry.with_name(entry.name[:-len("-cache")] + "-atime")
+        if not atime.exists():
+            atime.write_bytes(int(entry.stat().st_mtime * 1e9).to_bytes(8, "little"))
+
+
+class CompileStats:
+    """What compiling cost this process, from `jax.monitoring`: programs loaded from the persistent cache (`hits`),
+    programs compiled and written to it (`misses`; programs that compile in under a second are not cached and
+    count as neither), and seconds spent tracing, lowering and compiling or loading programs (`seconds`)."""
+
+    SECONDS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+               "/jax/core/compile/backend_compile_duration")
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses = 0
+        self.seconds = 0.0
+        self._installed = False
+
+    def install(self) -> None:
+        if self._installed:
+            return
+        from jax import monitoring
+
+        monitoring.register_event_listener(self._event)
+        monitoring.register_event_duration_secs_listener(self._duration)
+        self._installed = True
+
+    def _event(self, event: str, **_: Any) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            self.hits += 1
+        elif event == "/jax/compilation_cache/cache_misses":
+            self.misses += 1
+
+    def _duration(self, event: str, seconds: float, **_: Any) -> None:
+        if event in self.SECONDS:
+            self.seconds += seconds
+
+    def snapshot(self) -> tuple[int, int, float]:
+        return self.hits, self.misses, self.seconds
+
+
+COMPILE_STATS = CompileStats()
+
+
+def cache_outcome(hits: int, misses: int, enabled: bool = True) -> str:
+    """"hit" (every cached program was loaded), "miss" (compiled and written), "partial", or "none" (nothing big
+    enough to cache was compiled); "off" without a cache."""
+    if not enabled:
+        return "off"
+    return "partial" if hits and misses else "hit" if hits else "miss" if misses else "none"
 
 
 def load_splits(p: Profile, *, source: str | None = None, path: str | None = None) -> Any:
