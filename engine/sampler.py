@@ -205,6 +205,8 @@ def _ends_with_stop(tokens: jax.Array, step: jax.Array, stop_seqs: tuple[tuple[i
     hit = jnp.zeros(tokens.shape[0], bool)
     for seq in stop_seqs:
         n = len(seq)
+        if n > tokens.shape[1]:   # longer than a whole completion: it cannot end one
+            continue
         window = jax.lax.dynamic_slice_in_dim(tokens, jnp.maximum(step - (n - 1), 0), n, axis=1)
         hit = hit | (jnp.all(window == jnp.asarray(seq, jnp.int32)[None, :], axis=1) & (step >= n - 1))
     return hit

@@ -238,3 +238,9 @@ def test_stop_sequence_ends_its_row_after_the_sequence_and_keeps_it(model):
         expected = row_ends[0] if row_ends else NEW
         assert result.lengths[row] == expected
         assert np.array_equal(result.tokens[row, :expected], free.tokens[row, :expected])
+
+
+def test_a_stop_sequence_longer_than_the_completion_is_ignored(model):
+    free = _sampler(model, max_new_tokens=4)(PROMPTS, greedy=True, seed=0)
+    long = _sampler(model, max_new_tokens=4, stop_sequences=[[5] * 6])(PROMPTS, greedy=True, seed=0)
+    assert np.array_equal(free.tokens, long.tokens) and (long.lengths == 4).all()
