@@ -139,3 +139,25 @@ def test_invalid_and_unknown_command_files_are_logged_and_removed(tmp_path):
     logs = [e["message"] for e in _events(paths, "log")]
     assert len(logs) == 2 and "1-bad.json" in logs[0] and "explode" in logs[1]
     assert _events(paths, "control_ack") == [] and os.listdir(paths.control) == []
+
+
+def test_a_command_line_eval_reaches_the_event_stream_with_or_without_a_live_engine(tmp_path):
+    from engine.commands.evaluate import record_eval
+    from engine.protocol import write_engine_info
+
+    ended = create_run_dir(tmp_path, "ended", "")           # no engine: the event is appended, the sequence continues
+    RunLog(ended.events).info("the run ended")
+    assert record_eval(ended.root, {"step": 3, "accuracy": 0.5, "source": "cli"}) == "recorded in the run's events"
+    assert [(e["seq"], e["type"], e.get("source")) for e in read_events(ended.events)] == [(0, "log", None),
+                                                                                          (1, "eval", "cli")]
+    paths, log, ctl = _controller(tmp_path)                  # a live engine (this process) writes it itself
+    write_engine_info(paths.root)
+    ctl.on_record = lambda type_, payload: (log.emit(type_, **payload), (True, "recorded"))[1]
+    ctl.start_watching(interval=0.05)
+    try:
+        said = record_eval(paths.root, {"step": 4, "accuracy": 0.25, "source": "cli"})
+    finally:
+        ctl.stop_watching()
+    assert said == "recorded in the run's events by its engine"
+    assert [(e["step"], e["source"]) for e in _events(paths, "eval")] == [(4, "cli")]
+    assert os.listdir(paths.control) == []
