@@ -10,7 +10,7 @@ from typing import Iterable
 
 from engine.config import Profile
 from engine.profile_io import dumps, load_profile
-from engine.protocol import RunPaths, create_run_dir, new_run_id
+from engine.protocol import LOCK_FD_ENV, RunPaths, acquire_run_lock, create_run_dir, new_run_id, write_engine_info
 
 
 def prepare_run(profile_path: str | os.PathLike, overrides: Iterable[str] = (),
@@ -32,7 +32,11 @@ def _absolute(path: str, base: Path) -> str:
     if not path or os.path.isabs(path):
         return path
     for root in (Path.cwd(), base):
-        if (root / path).exists():
+        try:
+            found = (root / path).exists()
+        except (OSError, ValueError):  # a name the file system refuses: leave it as written
+            found = False
+        if found:
             return str((root / path).resolve())
     return path
 
@@ -51,10 +55,10 @@ def freeze_paths(profile: Profile, base: Path) -> None:
     profile.rewards.functions = fns
 
 
-def engine_command(run_dir: str | os.PathLike, *, resume: bool = False) -> list[str]:
+def engine_command(run_dir: str | os.PathLike, *, resume: bool = False, allow_changes: bool = False) -> list[str]:
     """The command line of the training process for a run directory."""
     cmd = [sys.executable, "-m", "engine", "train", str(run_dir)]
-    return cmd + (["--resume"] if resume else [])
+    return cmd + (["--resume"] if resume else []) + (["--allow-changes"] if allow_changes else [])
 
 
 def engine_env() -> dict[str, str]:
@@ -66,14 +70,23 @@ def engine_env() -> dict[str, str]:
     return env
 
 
-def spawn_detached(run_dir: str | os.PathLike, *, resume: bool = False) -> int:
+def spawn_detached(run_dir: str | os.PathLike, *, resume: bool = False, allow_changes: bool = False) -> int:
     """Start the engine in its own session (closing the console or losing SSH does not stop it); returns its pid.
 
-    Its output goes to the run's `engine.log`.
+    Its output goes to the run's `engine.log`. The run's lock is taken here and handed to the engine, so a second
+    start raises `RunBusy` at once, and engine.json names the new engine before this returns (a command racing the
+    engine's start-up sees it running).
     """
     paths = RunPaths(Path(run_dir))
-    with open(paths.log, "ab") as log:
-        proc = subprocess.Popen(engine_command(paths.root, resume=resume), stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, env=engine_env(),
-                                close_fds=True)
+    lock = acquire_run_lock(paths.root)
+    try:
+        env = engine_env()
+        env[LOCK_FD_ENV] = str(lock)
+        with open(paths.log, "ab") as log:
+            proc = subprocess.Popen(engine_command(paths.root, resume=resume, allow_changes=allow_changes),
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, env=env, close_fds=True, pass_fds=(lock,))
+        write_engine_info(paths.root, pid=proc.pid)
+    finally:
+        os.close(lock)  # the engine holds its own copy
     return proc.pid

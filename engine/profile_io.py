@@ -168,13 +168,57 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key or not re.fullmatch(r"[A-Za-z_][\w.]*", key):
         raise ValueError(f"override {text!r} has no valid key before '='")
     raw = raw.strip()
+    if nesting_depth(raw) > MAX_NESTING:
+        raise OverrideError(key, f"the value is nested too deeply (more than {MAX_NESTING} levels)")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
     except RecursionError:
-        raise ValueError(f"override of {key}: the value is nested too deeply") from None
+        raise OverrideError(key, "the value is nested too deeply") from None
     return key, value
+
+
+class OverrideError(ValueError):
+    """An override whose key is known but whose value cannot be read."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(message)
+
+
+MAX_NESTING = 64  # arrays / inline tables within each other; far beyond any profile, far below Python's stack
+
+
+def nesting_depth(text: str) -> int:
+    """The deepest nesting of arrays and inline tables in TOML text (brackets inside strings and comments do not
+    count). Checked before parsing, so that a pathological value is refused the same way at any stack depth."""
+    if text.count("[") + text.count("{") <= MAX_NESTING:
+        return 0 if "[" not in text and "{" not in text else 1  # too few brackets to matter: skip the scan
+    depth = deepest = 0
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth = max(depth - 1, 0)
+        elif c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif c in "\"'":
+            quote = c * 3 if text.startswith(c * 3, i) else c
+            j = i + len(quote)
+            while j < n and not text.startswith(quote, j):
+                j += 2 if (c == '"' and text[j] == "\\") else 1
+                if len(quote) == 1 and j < n and text[j - 1] == "\n":
+                    break
+            i = j + len(quote)
+            continue
+        i += 1
+    return deepest
 
 
 def suggest_key(key: str) -> str | None:
@@ -505,11 +549,13 @@ def parse_text(text: str, source: str, overrides: Iterable[str] = (), base: Path
     """Profile from TOML text plus overrides; raises ProfileError listing every problem."""
     problems: list[Problem] = []
     try:
+        if nesting_depth(text) > MAX_NESTING:
+            raise RecursionError
         raw = tomllib.loads(text)
     except RecursionError:
         key = _deeply_nested_key(text)
-        raise ProfileError([Problem(source, key, "a value is nested too deeply (arrays or tables within each "
-                                    "other hundreds of levels down)")]) from None
+        raise ProfileError([Problem(source, key, f"a value is nested too deeply (arrays or tables within each "
+                                    f"other more than {MAX_NESTING} levels down)")]) from None
     except tomllib.TOMLDecodeError as exc:
         msg = str(exc)
         m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
@@ -522,7 +568,7 @@ def parse_text(text: str, source: str, overrides: Iterable[str] = (), base: Path
         try:
             key, value = parse_override(text_)
         except ValueError as exc:
-            problems.append(Problem("command line", "", str(exc)))
+            problems.append(Problem("command line", getattr(exc, "key", ""), str(exc)))
             continue
         key = LEGACY_KEYS.get(key, key)
         if key == "wandb_disabled" and isinstance(value, bool):

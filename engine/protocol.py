@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -97,7 +98,7 @@ STEP_METRICS = (
 # An "alert" names what looks wrong (`kind`, one of ALERT_KINDS), the metric, the figures that triggered it
 # (`values`), a sentence and what to try (`hint`); `severity` is "warning" or "error". A "probe" event holds the
 # greedy answers to the fixed probe questions: `probes` are {"index", "question", "answer", "completion",
-# "extracted", "correct", "format_correct", "rewards": {name: score}, "total", "length", "truncated"}. A "system"
+# "extracted", "correct", "format_correct", "rewards": {name: score}, "total"} (engine/train/watch.py). A "system"
 # event describes the engine process after a step: `cpu_percent` per core of the machine (all processes),
 # `process_cpu_percent` the engine's own (100 = one core), `rss` bytes, and `devices` [{"device", "in_use", "peak",
 # "limit"} plus "utilization" (%), "power_w", "temperature_c" where NVML reports them].
@@ -152,6 +153,10 @@ class RunPaths:
     @property
     def control(self) -> Path:
         return self.root / "control"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "engine.lock"
 
     @property
     def run_id(self) -> str:
@@ -218,13 +223,15 @@ class EventWriter:
     """Appends events to `events.jsonl`; each event is one complete line written with a single write call.
 
     On open it repairs a torn last line left by a crash (ends it with a newline, so readers skip just that line)
-    and continues the sequence numbers where the stream left off.
+    and continues the sequence numbers where the stream left off. Each event starts on a fresh line: when the file
+    does not end in a newline (a half line appended by something else, or a write the disk cut short), the event
+    is preceded by one, so only the stray fragment is lost, never the event.
     """
 
     def __init__(self, path: str | os.PathLike, *, fsync: bool = False):
         self.path = Path(path)
         self.fsync = fsync
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         self.seq = self._repair_and_count()
 
     def _repair_and_count(self) -> int:
@@ -236,7 +243,10 @@ class EventWriter:
             fh.seek(max(0, size - 65536))
             tail = fh.read()
         if not tail.endswith(b"\n"):
-            os.write(self._fd, b"\n")
+            try:
+                os.write(self._fd, b"\n")
+            except OSError:  # a full disk: `emit` starts the next event on a fresh line anyway
+                pass
         for line in reversed(tail.splitlines()):
             try:
                 last_seq = int(json.loads(line)["seq"])
@@ -250,6 +260,8 @@ class EventWriter:
         event = make_event(type_, self.seq, **payload)
         line = json.dumps(event, default=_json_default, allow_nan=False, separators=(",", ":")) + "\n"
         data = line.encode("utf-8")
+        if not self._ends_with_newline():
+            data = b"\n" + data
         written = os.write(self._fd, data)
         while written < len(data):  # regular files rarely write short, but never leave a torn line
             written += os.write(self._fd, data[written:])
@@ -257,6 +269,11 @@ class EventWriter:
             os.fsync(self._fd)
         self.seq += 1
         return event
+
+    def _ends_with_newline(self) -> bool:
+        """Whether the stream is empty or its last byte is a newline (two system calls)."""
+        size = os.fstat(self._fd).st_size
+        return size == 0 or os.pread(self._fd, 1, size - 1) == b"\n"
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -417,19 +434,69 @@ def _unlink(path: Path) -> None:
 # liveness
 
 
-def write_engine_info(run_dir: str | os.PathLike, *, started: float | None = None) -> None:
-    """Engine side: record (or refresh, as a heartbeat) who runs this engine."""
+def write_engine_info(run_dir: str | os.PathLike, *, started: float | None = None, pid: int | None = None) -> None:
+    """Record (or refresh, as a heartbeat) who runs this engine: the engine itself, or the launcher for the child it
+    has just started (`pid`), so a command racing the engine's start-up already sees it."""
     paths = RunPaths(Path(run_dir))
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "uid": os.getuid(),
+    info = {"pid": pid or os.getpid(), "host": socket.gethostname(), "uid": os.getuid(),
             "started": started or time.time(), "heartbeat": time.time()}
     atomic_write(paths.engine, json.dumps(info))
 
 
+# One engine per run: the engine holds an exclusive `flock` on RUN/engine.lock for its whole life (the kernel drops
+# it when the process ends, however it ends). The launcher takes the lock before starting the engine and hands the
+# locked descriptor down (its number in LOCK_FD_ENV), so there is no moment when a second engine could slip in.
+LOCK_FD_ENV = "TUNIX_TUI_LOCK_FD"
+
+
+class RunBusy(OSError):
+    """Another process holds the run's lock: an engine already works on this run."""
+
+
+def acquire_run_lock(run_dir: str | os.PathLike) -> int:
+    """Take the run's exclusive lock; it lasts while the returned descriptor is open. Raises RunBusy when another
+    process holds it (OSError when the lock file cannot be opened)."""
+    import fcntl
+
+    paths = RunPaths(Path(run_dir))
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        info = read_engine_info(paths.root) or {}
+        pid = f" (pid {info['pid']})" if info.get("pid") else ""
+        raise RunBusy(f"run {paths.run_id} already has a live engine{pid}; a second one would write the same "
+                      f"events and checkpoints") from None
+    return fd
+
+
+def inherited_run_lock(run_dir: str | os.PathLike) -> int | None:
+    """The locked descriptor a launcher handed down for this run (see LOCK_FD_ENV), or None."""
+    import fcntl
+
+    raw = os.environ.get(LOCK_FD_ENV, "")
+    if not raw.isdigit():
+        return None
+    fd = int(raw)
+    try:
+        here, mine = os.stat(RunPaths(Path(run_dir)).lock), os.fstat(fd)
+        if (here.st_dev, here.st_ino) != (mine.st_dev, mine.st_ino):
+            return None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # already ours: succeeds at once on the same description
+        os.set_inheritable(fd, False)  # a process the engine starts must not keep the run locked after it ends
+    except OSError:
+        return None
+    os.environ.pop(LOCK_FD_ENV, None)
+    return fd
+
+
 def read_engine_info(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     try:
-        return json.loads(RunPaths(Path(run_dir)).engine.read_text(encoding="utf-8"))
+        info = json.loads(RunPaths(Path(run_dir)).engine.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return info if isinstance(info, dict) else None
 
 
 HEARTBEAT_STALE_S = 30.0
@@ -501,10 +568,14 @@ def summarize_run(run_dir: str | os.PathLike, tail_bytes: int = 1 << 20) -> RunS
         size = 0
     events: list[dict[str, Any]] = []
     if size:
-        with open(paths.events, "rb") as fh:
-            head = fh.readline()
-            fh.seek(max(0, size - tail_bytes))
-            tail = fh.read()
+        try:
+            with open(paths.events, "rb") as fh:
+                head = fh.readline()
+                fh.seek(max(0, size - tail_bytes))
+                tail = fh.read()
+        except OSError as exc:  # another user's run, say
+            s.status, s.error = "unreadable", f"cannot read its events: {exc.strerror or exc}"
+            return s
         reader = EventReader(paths.events)
         first = reader._parse(head.rstrip(b"\n"))
         if first:
@@ -542,26 +613,85 @@ def summarize_run(run_dir: str | os.PathLike, tail_bytes: int = 1 << 20) -> RunS
     return s
 
 
+class RunAccessError(PermissionError):
+    """A run directory this user may not read (another user's run: run directories are private)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            uid: int | None = os.stat(path).st_uid
+        except OSError:
+            uid = None
+        if uid is not None and uid != os.getuid():
+            message = (f"run {path.name} is not yours (it belongs to {_user_name(uid)}); only its owner can read or "
+                       f"control it")
+        else:
+            message = f"cannot read run {path.name}: permission denied"
+        super().__init__(message)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        import pwd
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, ImportError):
+        return f"uid {uid}"
+
+
+def owner_name(path: str | os.PathLike) -> str:
+    """The user name owning a file ("uid N" when unknown, "?" when it cannot be looked at)."""
+    try:
+        return _user_name(os.stat(path).st_uid)
+    except OSError:
+        return "?"
+
+
+RUN_ID_PATTERN = re.compile(r"\d{8}-\d{6}-")
+
+
+def _is_run_dir(d: Path) -> bool:
+    """Whether `d` holds a run; RunAccessError when it looks like one but cannot be looked into."""
+    try:
+        return (d / "profile.toml").is_file()
+    except PermissionError:
+        raise RunAccessError(d) from None
+    except (OSError, ValueError):
+        return False
+
+
 def find_run(arg: str, output_dir: str | os.PathLike = "runs") -> Path | None:
-    """A run directory from a path, a run id, or a unique id prefix / name suffix under `output_dir`."""
+    """A run directory from a path, a run id, or a unique id prefix / name suffix under `output_dir`.
+
+    Raises RunAccessError when the run named is another user's (its directory cannot be read)."""
     p = Path(arg)
-    if (p / "profile.toml").is_file():
+    if _is_run_dir(p):
         return p
     base = Path(output_dir)
-    if (base / arg / "profile.toml").is_file():
+    if _is_run_dir(base / arg):
         return base / arg
-    if base.is_dir():
-        hits = sorted(d for d in base.iterdir() if (d / "profile.toml").is_file()
-                      and (d.name.startswith(arg) or d.name.endswith("-" + arg)))
-        if hits:
-            return hits[-1]
-    return None
+    try:
+        entries = list(base.iterdir()) if base.is_dir() else []
+    except OSError:
+        entries = []
+    hits = sorted(d for d in entries if (d.name.startswith(arg) or d.name.endswith("-" + arg)) and _is_run_dir(d))
+    return hits[-1] if hits else None
 
 
 def list_runs(output_dir: str | os.PathLike) -> list[RunSummary]:
-    """Every run directory under `output_dir`, newest first."""
+    """Every run directory under `output_dir`, newest first. A run this user may not read (another user's) is listed
+    with the status `unreadable` and its owner in `error`, rather than breaking the listing."""
     base = Path(output_dir)
-    if not base.is_dir():
+    try:
+        entries = list(base.iterdir()) if base.is_dir() else []
+    except OSError:
         return []
-    runs = [summarize_run(d) for d in base.iterdir() if d.is_dir() and (d / "profile.toml").is_file()]
+    runs = []
+    for d in entries:
+        try:
+            if d.is_dir() and _is_run_dir(d):
+                runs.append(summarize_run(d))
+        except OSError:
+            if RUN_ID_PATTERN.match(d.name):
+                runs.append(RunSummary(run_id=d.name, path=d, status="unreadable",
+                                       error=f"belongs to {owner_name(d)}; only its owner can read it"))
     return sorted(runs, key=lambda r: (r.started or 0, r.run_id), reverse=True)

@@ -321,6 +321,7 @@ def spawn(run_dir: str | os.PathLike, *, resume: bool = False, steps: int = 1000
     with open(paths.log, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)
+    write_engine_info(paths.root, pid=proc.pid)  # as the real launcher: a reader sees the engine before it starts
     return proc.pid
 
 

@@ -1,8 +1,13 @@
-"""Checkpoints: round trip of adapters + optimizer state + meta, keep-K, NaN refusal, fingerprints, crash mid-save."""
+"""Checkpoints: round trip of adapters + optimizer state + meta, keep-K, NaN refusal, fingerprints, crash mid-save,
+damaged checkpoints (fall back to the newest that restores; retention never loses the last good one), a full disk."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import uuid
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +16,7 @@ import pytest
 
 from engine.config import OptimizerSection, Profile
 from engine.profile_io import profile_fingerprint
-from engine.train.checkpoints import (CheckpointError, CheckpointStore, IncompatibleCheckpoint, all_finite,
+from engine.train.checkpoints import (CheckpointError, CheckpointStore, DiskFull, IncompatibleCheckpoint, all_finite,
                                       fingerprint_differences, flatten_named, unflatten_named)
 from engine.train.optim import make_optimizer
 
@@ -103,15 +108,153 @@ def test_a_profile_that_differs_is_refused_naming_each_key(tmp_path):
     old, new = Profile(), Profile()
     new.model.lora_rank = 8
     new.grpo.num_generations = 6
-    new.grpo.beta = 0.01                      # not part of the fingerprint: resuming with another beta is allowed
+    new.grpo.beta = 0.01
     diffs = fingerprint_differences(profile_fingerprint(old), profile_fingerprint(new))
-    assert diffs == ["grpo.num_generations: 4 -> 6", "model.lora_rank: 32 -> 8"]
+    assert diffs == ["grpo.beta: 0.08 -> 0.01", "grpo.num_generations: 4 -> 6", "model.lora_rank: 32 -> 8"]
     lora, opt_state = _state()
     store = CheckpointStore(tmp_path)
     store.save(1, lora, opt_state, {"fingerprint": profile_fingerprint(old)})
     with pytest.raises(IncompatibleCheckpoint, match="model.lora_rank: 32 -> 8") as err:
         store.restore(lora, opt_state, fingerprint=profile_fingerprint(new))
-    assert len(err.value.differences) == 2
+    assert len(err.value.differences) == 3
+    # a changed rank can never be resumed, not even when changes are allowed: the adapters have another shape
+    with pytest.raises(IncompatibleCheckpoint, match="model.lora_rank cannot change") as err:
+        store.restore(lora, opt_state, fingerprint=profile_fingerprint(new), allow_changes=True)
+    assert err.value.fixed == ["model.lora_rank: 32 -> 8"]
+
+
+def test_keys_that_change_the_maths_are_in_the_fingerprint_and_can_be_allowed(tmp_path):
+    old, new = Profile(), Profile()
+    fingerprint = profile_fingerprint(old)
+    for key in ("grpo.beta", "grpo.epsilon", "grpo.epsilon_high", "grpo.kl_estimator", "grpo.loss_aggregation",
+                "grpo.num_iterations", "generation.temperature", "generation.top_k", "generation.top_p",
+                "generation.max_generation_steps", "generation.max_prompt_length", "optimizer.beta1",
+                "optimizer.weight_decay", "optimizer.max_grad_norm", "optimizer.warmup_ratio", "rewards.functions",
+                "rewards.weights", "prompt.instructions", "data.val_fraction", "training.num_batches",
+                "model.weight_source", "model.dtype"):
+        assert key in fingerprint, key
+    for key in ("run.name", "run.output_dir", "training.save_interval_steps", "training.eval_every_n_steps",
+                "training.max_checkpoints_to_keep", "generation.partial_every", "logging.wandb_mode",
+                "eval.num_questions"):
+        assert key not in fingerprint, key                   # cadence, names, logging: free to change
+    new.grpo.beta, new.generation.temperature, new.run.name = 0.04, 0.7, "renamed"
+    lora, opt_state = _state()
+    store = CheckpointStore(tmp_path)
+    store.save(2, lora, opt_state, {"fingerprint": fingerprint})
+    with pytest.raises(IncompatibleCheckpoint, match="--allow-changes") as err:
+        store.restore(lora, opt_state, fingerprint=profile_fingerprint(new))
+    assert err.value.differences == ["generation.temperature: 0.9 -> 0.7", "grpo.beta: 0.08 -> 0.04"]
+    assert store.restore(lora, opt_state, fingerprint=profile_fingerprint(new), allow_changes=True).step == 2
+    # a checkpoint from before a key existed is compared on the keys it has
+    old_style = {k: fingerprint[k] for k in ("model.lora_rank", "run.seed")}
+    assert fingerprint_differences(old_style, profile_fingerprint(new)) == []
+
+
+# --- damaged checkpoints ------------------------------------------------------------------------------------------
+
+def _garble_meta(root: Path) -> None:
+    (root / "meta" / "metadata").write_text("{garbled")
+
+
+def _delete_opt(root: Path) -> None:
+    shutil.rmtree(root / "opt")
+
+
+def _truncate_lora(root: Path) -> None:
+    for f in (root / "lora").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[:10])
+
+
+DAMAGES = {"garbled meta": _garble_meta, "deleted opt": _delete_opt, "truncated lora": _truncate_lora}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_that_restores(tmp_path, damage):
+    store = CheckpointStore(tmp_path / "ck", max_to_keep=3)
+    states = {step: _state(seed=step) for step in (2, 4, 6)}
+    for step, (lora, opt_state) in states.items():
+        store.save(step, lora, opt_state, {"fingerprint": {"model.lora_rank": 2}})
+    DAMAGES[damage](tmp_path / "ck" / "6")
+    store.close()
+    store = CheckpointStore(tmp_path / "ck", max_to_keep=3)
+    plan = store.plan_resume({"model.lora_rank": 2})
+    template = _state(seed=99)
+    restored, failed = store.restore_newest(plan.candidates, *template, fingerprint={"model.lora_rank": 2})
+    assert restored.step == 4 and _equal(restored.lora, states[4][0]) and _equal(restored.opt_state, states[4][1])
+    why = dict(plan.damaged + failed)
+    assert list(why) == [6]
+    assert {"garbled meta": "JSONDecodeError", "deleted opt": "KeyError",
+            "truncated lora": "OUT_OF_RANGE"}[damage] in why[6]
+    moved = store.set_aside(6)
+    assert moved == tmp_path / "ck" / "damaged-ck" / "6" or moved.parent == tmp_path / "damaged-ck"
+    assert moved.is_dir() and store.steps() == [2, 4]
+
+
+def test_when_no_checkpoint_restores_the_error_names_each_one(tmp_path):
+    store = CheckpointStore(tmp_path / "ck", max_to_keep=3)
+    for step in (2, 4):
+        store.save(step, *_state(seed=step), {})
+    _delete_opt(tmp_path / "ck" / "4")
+    _truncate_lora(tmp_path / "ck" / "2")
+    with pytest.raises(CheckpointError, match=r"no checkpoint of this run can be restored: step 4: KeyError.*; "
+                                              r"step 2: ValueError"):
+        store.restore_newest([4, 2], *_state(seed=9), fingerprint={})
+    assert store.steps() == [2, 4]                           # nothing deleted
+
+
+def test_retention_never_deletes_the_last_good_checkpoint_because_of_a_damaged_newer_one(tmp_path):
+    store = CheckpointStore(tmp_path, max_to_keep=2)
+    for step in (2, 4):
+        store.save(step, *_state(seed=step), {})
+    _garble_meta(tmp_path / "4")
+    assert not store.looks_complete(4) and store.looks_complete(2)
+    store.save(6, *_state(seed=6), {})
+    assert store.steps() == [2, 6]                           # orbax's own keep-2 would have left 4 (bad) and 6
+    store.save(0, *_state(seed=0), {})                       # an older step saved later never pushes out newer ones
+    assert store.steps() == [0, 2, 6]                        # (and the one just written stays)
+    store.save(8, *_state(seed=8), {})
+    assert store.steps() == [6, 8]
+
+
+# --- a full disk --------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB tmpfs (root only); skipped where mounting is not permitted."""
+    mnt = tmp_path / f"mnt-{uuid.uuid4().hex[:6]}"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up (needs root): {res.stderr.strip() or res.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_save_the_disk_cuts_short_leaves_no_temporary_folder_and_keeps_the_previous_one(small_disk):
+    import jax.numpy as jnp
+
+    def state(rows: int):
+        rng = np.random.default_rng(rows)   # random values: ones would compress to nothing
+        lora = {"a": jnp.asarray(rng.normal(size=(rows, 256)), jnp.float32)}
+        return lora, make_optimizer(OptimizerSection(warmup_ratio=0.0), 10).init(lora)
+
+    store = CheckpointStore(small_disk / "ck", max_to_keep=3)
+    store.save(1, *state(64), {"data": {"index": 1}})
+    big = state(8192)                                        # 8 MB of adapters on a 3 MB disk
+    with pytest.raises(DiskFull, match=rf"needs about .* is free on {small_disk}; free .* on {small_disk} then "
+                                       r"resume") as err:
+        store.check_space(2, *big)
+    assert not err.value.args[0].startswith("the disk filled up")
+    with pytest.raises(DiskFull, match="the disk filled up while saving the checkpoint of step 2"):
+        store.save(2, *big, {})                              # the write itself runs out of space
+    assert sorted(os.listdir(small_disk / "ck")) == ["1"]   # no *.orbax-checkpoint-tmp left behind
+    assert store.steps() == [1] and store.restore(*state(64)).meta["data"] == {"index": 1}
+    store.save(3, *state(64), {})                            # and the store still saves once there is room
+    assert store.steps() == [1, 3]
+    store.close()
 
 
 def test_adapters_of_another_shape_are_refused_by_name():

@@ -1,10 +1,12 @@
-"""The real engine process on the tiny profile: exact resume after SIGKILL, live control, refusal of an incompatible
-resume, non-finite updates, SIGTERM. Compiled programs are shared through one cache folder per test session."""
+"""The real engine process on the tiny profile: exact resume after SIGKILL (at start-up, mid-step, mid-checkpoint),
+damaged checkpoints, changed profiles, a full disk, live control, refusal of an incompatible resume, non-finite
+updates, SIGTERM. Compiled programs are shared through one cache folder per test session."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,39 +106,169 @@ def adapters(paths: RunPaths, step: int) -> dict[str, np.ndarray]:
             **{"opt." + k: np.asarray(v) for k, v in out["opt"].items()}}
 
 
-def cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tunix_tui.cli", *args], env=engine_env(), capture_output=True,
+def cli(*args: str, timeout: float = 120.0, cache: str | None = None) -> subprocess.CompletedProcess:
+    """`tunix-tui ARGS`; with `cache`, an engine it starts shares the tests' compiled programs."""
+    env = engine_env()
+    if cache:
+        env[COMPILE_CACHE_ENV] = cache
+    return subprocess.run([sys.executable, "-m", "tunix_tui.cli", *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_resume_after_sigkill_is_exact(tmp_path, cache):
-    opts = ("training.num_batches=6", "training.save_interval_steps=3")
-    whole = new_run(tmp_path / "a", *opts)
-    assert finish(start(whole, cache)) == 0
-    cut = new_run(tmp_path / "b", *opts)
-    proc = start(cut, cache)
-    wait_for(cut, proc, lambda e: e["type"] == "checkpoint" and e["step"] == 3)
+# seconds an engine may take in these tests (a busy shared machine can take minutes just to import JAX)
+PATIENCE = float(os.environ.get("TUNIX_TUI_TEST_PATIENCE", "900"))
+EXACT = ("training.num_batches=6", "training.save_interval_steps=2", "generation.partial_every=0")
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, cache) -> RunPaths:
+    """An uninterrupted 6-step run (checkpoints 2, 4, 6), the reference the interrupted ones must match."""
+    run = new_run(tmp_path_factory.mktemp("whole"), *EXACT)
+    assert finish(start(run, cache), PATIENCE) == 0
+    return run
+
+
+def kill(proc: subprocess.Popen) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(30)
-    assert not engine_alive(cut.root)
-    assert finish(start(cut, cache, resume=True)) == 0
+
+
+def test_sigkill_at_start_up_mid_step_and_mid_checkpoint_then_resume_is_bit_exact(tmp_path, cache, whole):
+    cut = new_run(tmp_path, *EXACT)
+    # 1. at start-up, while the model loads: nothing saved, the resume starts at step 0
+    proc = start(cut, cache)
+    wait_for(cut, proc, lambda e: e["type"] == "status" and e["status"] == "loading" and "model" in e.get("detail", ""),
+             PATIENCE)
+    kill(proc)
+    assert not engine_alive(cut.root) and CheckpointStore(cut.checkpoints, read_only=True).steps() == []
+    # 2. mid-step: step 3 has sampled its completions, the checkpoint of step 2 is the latest
+    proc = start(cut, cache, resume=True)
+    wait_for(cut, proc, lambda e: e["type"] == "status" and e.get("phase") == "rewards" and e.get("step") == 3,
+             PATIENCE)
+    kill(proc)
+    # 3. mid-checkpoint: the save of step 4 is half written (its temporary folder is there) when the kill lands
+    before = read_events(cut.events)[-1]["seq"]
+    proc = start(cut, cache, resume=True, hooks={"save_sleep": 60})
+    wait_for(cut, proc, lambda e: e["seq"] > before and e["type"] == "status" and e["status"] == "checkpointing"
+             and e.get("step") == 4, PATIENCE)
+    deadline = time.monotonic() + PATIENCE
+    while not list(cut.checkpoints.glob("4.orbax-checkpoint-tmp*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(cut.checkpoints.glob("4.orbax-checkpoint-tmp*")), "the save never started"
+    kill(proc)
+    assert CheckpointStore(cut.checkpoints, read_only=True).steps() == [2]
+    assert finish(start(cut, cache, resume=True), PATIENCE) == 0
 
     expected, got = step_metrics(whole), step_metrics(cut)
     assert sorted(expected) == sorted(got) == [1, 2, 3, 4, 5, 6]
     for step in expected:
         assert {k: got[step][k] for k in DETERMINISTIC} == {k: expected[step][k] for k in DETERMINISTIC}, step
     assert any(expected[s]["loss"] != 0 for s in expected)          # something was learnt, so this compares
-    a, b = adapters(whole, 6), adapters(cut, 6)
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    assert not np.array_equal(adapters(whole, 3)["opt.1.0.count"], a["opt.1.0.count"])
+    for step in (2, 4, 6):                                           # adapters and optimizer state, bit for bit
+        a, b = adapters(whole, step), adapters(cut, step)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), step
+    a = adapters(whole, 6)
+    assert not np.array_equal(adapters(whole, 2)["opt.1.0.count"], a["opt.1.0.count"])
+    assert any(not np.array_equal(adapters(whole, 2)[k], a[k]) for k in a if k.startswith("lora."))
+    assert not list(cut.checkpoints.glob("*.orbax-checkpoint-tmp*"))
     started = of_type(cut, "run_started")
-    assert [(e["resumed"], e["step"]) for e in started] == [(False, 0), (True, 3)]
+    assert [(e["resumed"], e["step"]) for e in started] == [(False, 0), (True, 2), (True, 2)]
     seqs = [e["seq"] for e in read_events(cut.events)]
     assert seqs == list(range(len(seqs)))                           # one stream, appended across processes
     assert of_type(cut, "status")[-1]["status"] == "finished"
+    assert not of_type(cut, "partial") and not of_type(whole, "partial")   # generation.partial_every = 0: never
+
+
+def _copy(run: RunPaths, where: Path) -> RunPaths:
+    shutil.copytree(run.root, where, ignore=shutil.ignore_patterns("engine.json", "engine.lock"))
+    return RunPaths(where)
+
+
+def _garble_meta(step_dir: Path) -> None:
+    (step_dir / "meta" / "metadata").write_text("{garbled")
+
+
+def _truncate_lora(step_dir: Path) -> None:
+    for f in (step_dir / "lora").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[:10])
+
+
+def test_no_restorable_checkpoint_fails_clearly_and_costs_no_checkpoint(tmp_path, cache, whole):
+    run = _copy(whole, tmp_path / "run")
+    for step in (2, 4, 6):
+        _garble_meta(run.checkpoints / str(step))
+    res = cli("resume", str(run.root), cache=cache, timeout=PATIENCE)
+    assert res.returncode == 1 and "Traceback" not in res.stdout + res.stderr
+    assert "no checkpoint of this run can be restored: step 6: JSONDecodeError" in res.stdout
+    error = of_type(run, "error")[-1]
+    assert error["fatal"] and not error["traceback"] and "step 2: JSONDecodeError" in error["message"]
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["2", "4", "6"]   # no step-0 "error" save, none gone
+    assert of_type(run, "status")[-1]["status"] == "failed"
+
+
+def test_a_damaged_latest_checkpoint_resumes_from_the_newest_good_one_and_changes_need_allowing(tmp_path, cache,
+                                                                                                 whole):
+    run = _copy(whole, tmp_path / "run")
+    _garble_meta(run.checkpoints / "6")
+    _truncate_lora(run.checkpoints / "4")
+    profile = run.profile.read_text()
+    assert "beta = 0.08" in profile
+    run.profile.write_text(profile.replace("beta = 0.08", "beta = 0.04"))
+    # a key that changes the maths: refused (before the model loads), naming it, nothing touched
+    res = cli("resume", str(run.root), cache=cache, timeout=PATIENCE)
+    assert res.returncode == 1 and "grpo.beta: 0.08 -> 0.04" in res.stdout and "--allow-changes" in res.stdout
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["2", "4", "6"]
+    # allowed: the damaged 6 and 4 are set aside (each named with why), the run continues from 2 and finishes
+    res = cli("resume", str(run.root), "--allow-changes", timeout=PATIENCE, cache=cache)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    assert "WARNING: the checkpoint of step 6 cannot be restored (JSONDecodeError" in out
+    assert "WARNING: the checkpoint of step 4 cannot be restored (ValueError: OUT_OF_RANGE" in out
+    assert "resuming with changed profile keys (--allow-changes): grpo.beta: 0.08 -> 0.04" in out
+    assert "resumed from the checkpoint of step 2, the newest that restores (2 damaged set aside)" in out
+    assert sorted(p.name for p in (run.root / "damaged-checkpoints").iterdir()) == ["4", "6"]
+    assert CheckpointStore(run.checkpoints, read_only=True).steps() == [2, 4, 6]
+    assert of_type(run, "run_started")[-1]["step"] == 2 and of_type(run, "status")[-1]["status"] == "finished"
+    assert CheckpointStore(run.checkpoints, read_only=True).read_meta(6)["fingerprint"]["grpo.beta"] == 0.04
+
+
+def test_a_full_disk_pauses_the_run_with_a_clear_error_until_space_is_freed(tmp_path, cache):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mnt)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip("mounting a 40 MB tmpfs to fill up needs root (mount -t tmpfs): "
+                    + (mounted.stderr.strip() or f"exit {mounted.returncode}"))
+    try:
+        plugin = tmp_path / "toy_reward.py"
+        plugin.write_text(TOY_REWARD)
+        run = prepare_run(TINY, ["training.eval_every_n_steps=0", "eval.final=false", "training.num_batches=3",
+                                 "training.save_interval_steps=1", f'rewards.functions=["{plugin}:lowercase"]'],
+                          str(mnt))
+        ballast = mnt / "ballast"
+        with open(ballast, "wb") as fh:                     # leave 6 MB: room for events, not for a checkpoint
+            fh.write(b"\0" * max(shutil.disk_usage(mnt).free - (6 << 20), 0))
+        proc = start(run, cache)
+        paused = wait_for(run, proc, lambda e: e["type"] == "status" and e["status"] == "paused", PATIENCE)
+        assert "disk full" in paused["detail"] and "then resume" in paused["detail"]
+        error = [e for e in of_type(run, "error") if "free space" in e["message"]][-1]
+        assert f"is free on {mnt}; free " in error["message"] and not error["fatal"]
+        assert proc.poll() is None and engine_alive(run.root)          # paused, not dead
+        assert not list(run.checkpoints.glob("*orbax-checkpoint-tmp*"))
+        ballast.unlink()                                               # the person frees space ...
+        done = cli("ctl", str(run.root), "resume", timeout=PATIENCE)   # ... and resumes
+        assert done.returncode == 0, done.stderr
+        assert finish(proc, PATIENCE) == 0
+        assert CheckpointStore(run.checkpoints, read_only=True).steps() == [1, 2, 3]
+        assert of_type(run, "status")[-1]["status"] == "finished"
+        assert not list(run.checkpoints.glob("*orbax-checkpoint-tmp*"))
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_live_control_then_an_incompatible_resume_is_refused(tmp_path, cache):

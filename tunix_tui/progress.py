@@ -75,6 +75,8 @@ def format_event(ev: dict[str, Any]) -> str | None:
     if typ == "control_ack":
         return f"{ev.get('command')}: {'acknowledged' if ev.get('ok', True) else 'refused'}" + (
             f" ({ev['message']})" if ev.get("message") else "")
+    if typ == "log" and ev.get("level") in ("warning", "error"):
+        return f"{str(ev['level']).upper()}: {ev.get('message')}"
     if typ == "run_started":
         resumed = " (resumed)" if ev.get("resumed") else ""
         return f"run {ev.get('run_id')} started{resumed} at step {ev.get('step', 0)} of {ev.get('total_steps')}"

@@ -26,12 +26,19 @@ class RunLog:
         self.status_now: str = ""
         self.phase_now: str | None = None
         self.listeners: list[Any] = []  # callables (type, payload) -> None, e.g. W&B
+        self.dropped = 0                # events the file system refused (a full disk)
 
     def emit(self, type_: str, **payload: Any) -> dict[str, Any]:
-        """Write one event (NaN/inf become null)."""
+        """Write one event (NaN/inf become null). A write the file system refuses (a full disk) is logged and
+        dropped rather than raised: the engine goes on, and the next event starts on a fresh line."""
         clean = sanitize(payload)
         with self._lock:
-            event = self._writer.emit(type_, **clean)
+            try:
+                event = self._writer.emit(type_, **clean)
+            except OSError as exc:
+                self.dropped += 1
+                log.error("could not write a %s event to the event stream: %s", type_, exc)
+                return {"type": type_, **clean}
         for listener in list(self.listeners):
             try:
                 listener(type_, clean)

@@ -39,7 +39,10 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
     def start(self) -> "Heartbeat":
-        write_engine_info(self.run_dir, started=self.started)
+        try:
+            write_engine_info(self.run_dir, started=self.started)
+        except OSError as exc:  # a full disk: the launcher's record stands, the next beat tries again
+            log.warning("heartbeat failed: %s", exc)
         self._thread.start()
         return self
 

@@ -105,7 +105,10 @@ class RunCatalog:
             return []
         for entry in entries:
             path = Path(entry.path)
-            if not entry.is_dir() or not (path / "profile.toml").is_file():
+            try:
+                if not entry.is_dir() or not (path / "profile.toml").is_file():
+                    continue
+            except OSError:  # another user's private run: not ours to list
                 continue
             seen.add(path)
             summary = self._summary(path)
