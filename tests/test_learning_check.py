@@ -1,7 +1,8 @@
 """A shortened learning check on the real Gemma 3 270M (GGUF): the learning bench itself, with fewer questions and
 steps. The shipped learning profile's prompt already shows the answer format well, so this check starts the model
 from a weaker prompt of the user's own (`prompt.template`: two wordy worked examples, with which about half of the
-base model's greedy answers have the strict format) and a higher learning rate: eight GRPO steps through
+base model's greedy answers have the strict format), one prompt of 8 completions a step and a higher learning
+rate: eight GRPO steps through
 `tunix-tui run` must raise the held-out strict-format rate by a clear margin."""
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ def test_a_few_steps_raise_the_held_out_strict_format_rate(tmp_path):
     out = tmp_path / "result.json"
     cmd = [sys.executable, "bench/learning_bench.py", "--profile", str(profile), "--builtin-questions", "16",
            "--gsm8k-questions", "0", "--max-tokens", "64", "--batch", "16", "--output-dir", str(tmp_path),
-           "--out", str(out), "--seed", "3", "training.num_batches=8", "optimizer.learning_rate=1e-4",
-           "generation.max_generation_steps=64", "eval.baseline=false", "eval.final=false",
-           "training.save_interval_steps=0"]
+           "--out", str(out), "--seed", "3", "training.num_batches=8", "training.micro_batch_size=1",
+           "optimizer.learning_rate=1e-4", "grpo.beta=0", "generation.max_generation_steps=64", "eval.baseline=false",
+           "eval.final=false", "training.save_interval_steps=0"]
     done = subprocess.run(cmd, cwd=ROOT, env=engine_env(), capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
