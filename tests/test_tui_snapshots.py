@@ -1,4 +1,5 @@
-"""Snapshots of home, the profile editor and the dashboard at 80x24 and 160x48, from fixed data: a fixed clock,
+"""Snapshots of home, the profile editor and the dashboard at 80x24 and 160x48, in the dark and the light theme, from
+fixed data: a fixed clock,
 fixed event times, UTC, relative paths, no cursor blink. Update them with `pytest tests/test_tui_snapshots.py
 --snapshot-update` after a deliberate change, and look at the SVGs."""
 
@@ -19,6 +20,7 @@ from tunix_tui.testing import wait_until
 
 T0 = 1_767_323_045.0  # 2026-01-02 03:04:05 UTC
 SIZES = [(80, 24), (160, 48)]
+THEMES = ["tunix-dark", "tunix-light"]
 
 DEMO_PROFILE = """\
 # Demo: a small model on built-in problems.
@@ -76,31 +78,37 @@ def app_for(**kw: Any) -> TunixApp:
                     poll_interval=0.02, redraw_interval=0.02, runs_refresh=60.0, cursor_blink=False, **kw)
 
 
+@pytest.mark.parametrize("theme", THEMES, ids=lambda t: t.split("-")[1])
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_home_snapshot(scene: Path, snap_compare: Any, size: tuple[int, int]):
+def test_home_snapshot(scene: Path, snap_compare: Any, size: tuple[int, int], theme: str):
     async def ready(pilot: Any) -> None:
         await wait_until(pilot, lambda: isinstance(pilot.app.screen, HomeScreen)
-                         and len(pilot.app.screen.runs) == 3)
+                         and len(pilot.app.screen.runs) == 3, timeout=120)
         await pilot.pause(0.1)
-    assert snap_compare(app_for(), terminal_size=size, run_before=ready)
+    assert snap_compare(app_for(theme=theme), terminal_size=size, run_before=ready)
 
 
+@pytest.mark.parametrize("theme", THEMES, ids=lambda t: t.split("-")[1])
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_editor_snapshot(scene: Path, snap_compare: Any, size: tuple[int, int]):
+def test_editor_snapshot(scene: Path, snap_compare: Any, size: tuple[int, int], theme: str):
     async def ready(pilot: Any) -> None:
-        await wait_until(pilot, lambda: isinstance(pilot.app.screen, EditorScreen))
+        await wait_until(pilot, lambda: isinstance(pilot.app.screen, EditorScreen), timeout=120)
         await pilot.pause(0.2)
         await pilot.app.screen.focus_key("grpo.beta")  # the row with the error, and its help text
-        await wait_until(pilot, lambda: "grpo.beta" in str(pilot.app.screen.query_one("#editor-help").render()))
+        await wait_until(pilot, lambda: "grpo.beta" in str(pilot.app.screen.query_one("#editor-help").render()),
+                         timeout=120)
         await pilot.pause(0.2)
-    assert snap_compare(app_for(profile=Path("profiles/demo.toml")), terminal_size=size, run_before=ready)
+    assert snap_compare(app_for(profile=Path("profiles/demo.toml"), theme=theme), terminal_size=size,
+                        run_before=ready)
 
 
+@pytest.mark.parametrize("theme", THEMES, ids=lambda t: t.split("-")[1])
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_dashboard_snapshot(scene: Path, snap_compare: Any, size: tuple[int, int]):
+def test_dashboard_snapshot(scene: Path, snap_compare: Any, size: tuple[int, int], theme: str):
     async def ready(pilot: Any) -> None:
         await wait_until(pilot, lambda: isinstance(pilot.app.screen, DashboardScreen) and pilot.app.screen.caught_up
                          and pilot.app.screen.state.alive and pilot.app.screen.state.engine_log == []
-                         and pilot.app.screen.state.step == 13)
+                         and pilot.app.screen.state.step == 13, timeout=120)
         await pilot.pause(0.2)
-    assert snap_compare(app_for(attach=Path("runs/20260102-030405-demo")), terminal_size=size, run_before=ready)
+    assert snap_compare(app_for(attach=Path("runs/20260102-030405-demo"), theme=theme), terminal_size=size,
+                        run_before=ready)
