@@ -105,13 +105,10 @@ STEP_METRICS = (
 ALERT_KINDS = ("format_vs_accuracy", "kl_high", "kl_jump", "entropy_collapse", "truncation_high", "zero_spread_high",
                "nonfinite", "reward_plateau")
 
-# What the console reads when present (issue 10; older streams lack them): a "step" event's `steady` (false for a
-# step that included compiling: the ETA counts steady steps only), `compile_cache` on "run_started", "status" or
-# "step" (true/false, "hit"/"miss", or {"hit": bool}: shown in the header), a "partial" event's `done` (the rollout
-# ended), an "eval" event's `source` ("cli" from `tunix-tui eval`) and `items` ([question id, correct 0/1, strict
-# format 0/1] per question), the step metric "grad_norm_clipped" (the global norm after clipping; "grad_norm" is
-# before), "evaluating" statuses with `progress` (0-1) and `detail` per batch, and a "summary" event at the end of a
-# run (any of wall_time, steps, final_reward, best_reward, best_step, checkpoint).
+# The console reads (older streams lack them): a step's `steady` (its ETA counts steady steps only), "compile"
+# events' `cache` (the header's "compile cache hit"), a partial's `done`, an eval's `source` and `items` (paired
+# baseline-vs-latest), `grad_clip_scale` / `ratio_clip_fraction`, "evaluating" statuses' `progress` and `detail` per
+# batch, and the "summary" event (its `i` view).
 
 # Lifecycle states carried by "status" events; the last three end a run.
 STATUSES = ("starting", "loading", "compiling", "running", "paused", "checkpointing", "evaluating",

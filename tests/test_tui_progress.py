@@ -215,7 +215,7 @@ async def test_summary_of_a_finished_run(tmp_path: Path):
         await drawn(pilot, app, lambda s: s.final)
         assert "press i for the summary" in screen_text(app)
         await pilot.press("i")
-        await wait_until(pilot, lambda: isinstance(app.screen, TextScreen))
+        await wait_until(pilot, lambda: isinstance(app.screen, TextScreen) and "wall time" in screen_text(app))
         text = screen_text(app)
         assert "finished" in text and "wall time 0:03:05" in text and "3/3 steps" in text
         assert "best " in text and "final " in text
@@ -227,7 +227,8 @@ async def test_summary_of_a_finished_run(tmp_path: Path):
 async def test_compile_cache_hit_in_the_header(tmp_path: Path):
     eng = live(tmp_path)
     eng.started(10, step=4, resumed=True)
-    eng.status("compiling", step=4, detail="the training step", compile_cache="hit")
+    eng.status("compiling", step=4, detail="the training step")
+    eng.emit("compile", step=4, program="update", seconds=0.4, phase_seconds=0.5, cache="hit")
     app = console(tmp_path, eng)
     async with app.run_test(size=(160, 48)) as pilot:
         await drawn(pilot, app, lambda s: s.compile_cache == "hit")
@@ -258,14 +259,14 @@ async def test_clipping_labels_memory_line_and_arrow_keys(tmp_path: Path):
     eng = live(tmp_path)
     eng.started(10)
     eng.status("running")
-    eng.step(1, 10, grad_norm=0.5, grad_norm_clipped=0.1, clip_fraction=0.125)
+    eng.step(1, 10, grad_norm=0.5, grad_clip_scale=0.2, ratio_clip_fraction=0.125)
     for s in range(1, 4):
         eng.sample(s)
     app = console(tmp_path, eng)
     async with app.run_test(size=(160, 48)) as pilot:
         dash = await drawn(pilot, app, lambda s: len(s.samples) == 3)
         text = screen_text(app)
-        assert "grad norm 0.5 → clipped to 0.1" in text and "ratio clip 12.5%" in text
+        assert "grad norm 0.5 → clipped ×0.20" in text and "ratio clip 12.5%" in text
         assert "clip 12.5%" not in text.replace("ratio clip 12.5%", "")
         memory = [line for line in text.splitlines() if "limit" in line]
         assert memory and "limit 22.4 GB, peak at 14.2%" in memory[0]  # whole, on its own line

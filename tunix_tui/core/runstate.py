@@ -627,7 +627,7 @@ class RunState:
         self.step_times.clear()  # a new engine compiles again: its first step is no measure of the pace
         self.steady_steps = self.steps_since_start = 0
         self.finished_t = None
-        self._compile_cache(ev)
+        self.compile_cache = ""  # this engine's programs: "compile" events say
         if not self.status or self.status in FINAL_STATUSES:
             self._set_status(ev, "starting", "")
         what = "resumed" if ev.get("resumed") else "started"
@@ -812,6 +812,15 @@ class RunState:
         cache[split] = (key, out)
         return out
 
+    def _on_compile(self, ev: dict[str, Any], offset: int | None) -> None:
+        """A program's first use: `cache` says whether it came from the persistent compilation cache."""
+        cache = ev.get("cache")
+        if cache == "hit" and self.compile_cache != "miss":
+            self.compile_cache = "hit"
+        elif cache in ("miss", "partial"):
+            self.compile_cache = "miss"
+        self.touch("header")
+
     def _on_summary(self, ev: dict[str, Any], offset: int | None) -> None:
         self.summary = {k: v for k, v in ev.items() if k not in ("v", "seq", "type")}
         self.touch("header", "eval", "log")
@@ -896,6 +905,7 @@ _HANDLERS: dict[str, Callable[[RunState, dict[str, Any], int | None], None]] = {
     "sample": RunState._on_sample,
     "partial": RunState._on_partial,
     "summary": RunState._on_summary,
+    "compile": RunState._on_compile,
     "alert": RunState._on_alert,
     "probe": RunState._on_probe,
     "system": RunState._on_system,

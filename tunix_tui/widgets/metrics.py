@@ -179,13 +179,13 @@ class TimingPane(Pane):
             t.append("░" * (width - filled) + f" {pct(share)}\n", style="dim")
         t.append(f"step {num(total, '.2f')} s · {num(m.get('tokens_per_s'), '.0f')} tokens/s\n", style="bold")
         t.append(f"grad norm {short(m.get('grad_norm'))}", style="dim")
-        clipped = m.get("grad_norm_clipped")
-        if isinstance(clipped, (int, float)) and isinstance(m.get("grad_norm"), (int, float)) \
-                and clipped < m["grad_norm"] * 0.999:
-            t.append(f" → clipped to {short(clipped)}", style=self.color("$text-warning"))
-        elif clipped is not None:
+        scale = m.get("grad_clip_scale")  # what clipping to optimizer.max_grad_norm multiplied the gradient by
+        if isinstance(scale, (int, float)) and scale < 0.999:
+            t.append(f" → clipped ×{num(scale, '.2f')}", style=self.color("$text-warning"))
+        elif scale is not None:
             t.append(" (not clipped)", style="dim")
-        t.append(f" · lr {short(m.get('learning_rate'))} · ratio clip {pct(m.get('clip_fraction'))}", style="dim")
+        ratio = m.get("ratio_clip_fraction", m.get("clip_fraction"))
+        t.append(f" · lr {short(m.get('learning_rate'))} · ratio clip {pct(ratio)}", style="dim")
         self.query_one("#timing-table", TextBox).set(t)
         chart = self.query_one("#throughput-chart", Chart)
         h, color = state.history, self.color("$success")

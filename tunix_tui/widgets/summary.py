@@ -37,9 +37,9 @@ def summary_text(state: RunState, now: float, variables: dict[str, str]) -> Text
     bold = "bold"
     status = state.display_status
     end = state.finished_t if state.final and state.finished_t else now
-    wall = s.get("wall_time", (end - state.started) if state.started else None)
+    wall = s.get("elapsed_seconds", s.get("wall_seconds", (end - state.started) if state.started else None))
     t.append(f"{status}", style=bold)
-    t.append(f"  ·  wall time {hms(wall)}  ·  {s.get('steps', state.done)}/{state.total_steps or '?'} steps")
+    t.append(f"  ·  wall time {hms(wall)}  ·  {s.get('step', state.done)}/{state.total_steps or '?'} steps")
     per = state.seconds_per_step()
     if per is not None:
         t.append(f"  ·  {num(per, '.1f')} s/step when steady")
@@ -52,7 +52,8 @@ def summary_text(state: RunState, now: float, variables: dict[str, str]) -> Text
     t.append(f"final {short(final)} (step {state.done})")
     best = best_reward(state)
     if "best_reward" in s:
-        t.append(f" · best {short(s['best_reward'])}" + (f" at step {s['best_step']}" if "best_step" in s else ""))
+        t.append(f" · best {short(s['best_reward'])}"
+                 + (f" at step {s['best_reward_step']}" if s.get("best_reward_step") is not None else ""))
     elif best is not None:
         t.append(f" · best {short(best[0])} at {best[1]}")
     t.append("\n\n")
@@ -79,7 +80,7 @@ def summary_text(state: RunState, now: float, variables: dict[str, str]) -> Text
 
     t.append("checkpoint  ", style=bold)
     if s.get("checkpoint"):
-        t.append(f"{s['checkpoint']}\n")
+        t.append(f"step {s.get('checkpoint_step', '?')} → {s['checkpoint']}\n")
     elif state.checkpoints:
         step, path, reason, _ = state.checkpoints[-1]
         t.append(f"step {step} ({reason}) → {path}\n")
