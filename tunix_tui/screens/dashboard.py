@@ -27,13 +27,15 @@ from tunix_tui.screens.dialogs import CompletionScreen, ConfirmScreen, TextScree
 from tunix_tui.widgets.header import RunHeader
 from tunix_tui.widgets.log import LogPane
 from tunix_tui.widgets.metrics import EvalPane, LossPane, MemoryPane, Pane, RewardPane, TimingPane
+from tunix_tui.widgets.pane_help import help_for
+from tunix_tui.widgets.runviews import VIEWS, new_alerts
 from tunix_tui.widgets.samples import SamplesPane, highlighted
 from tunix_tui.widgets.summary import summary_text
 
 WIDE_MIN = (150, 40)  # columns, lines
-TABS = ("train", "system", "eval", "samples", "log")
+TABS = ("train", "system", "eval", "samples", "log", *VIEWS)  # VIEWS: alerts, probes, config, host
 LIVE_CLOCK_STATUSES = ("compiling",)
-SLOW_PARTS = frozenset({"train", "system", "eval", "samples", "log"})
+SLOW_PARTS = frozenset({"train", "system", "eval", "samples", "log", "alerts", "probes"})
 
 HELP = """\
 Dashboard keys
@@ -43,6 +45,7 @@ Dashboard keys
   s          stop the run (asks first; the engine saves a final checkpoint)
   r          resume a stopped, failed or dead run from its latest checkpoint
   1 … 5      tabs: train, system, evaluation, samples, log (narrow terminals)
+  6 … 9      alerts, probes, config, host: tabs on narrow terminals, full-screen on wide ones
   i          the run's summary: wall time, steps, rewards, evaluation, checkpoint, commands
   [  ]       earlier / later sample group;  f  back to the newest
   ↑ ↓ enter  pick a completion in the samples table; enter shows it in full
@@ -72,6 +75,9 @@ class NarrowBody(Container):
                 yield SamplesPane(id="pane-samples")
             with TabPane("5 Log", id="tab-log"):
                 yield LogPane(id="pane-log")
+            for i, (name, (label, pane)) in enumerate(VIEWS.items()):
+                with TabPane(f"{i + 6} {label}", id=f"tab-{name}"):
+                    yield pane(id=f"pane-{name}")
 
 
 class WideBody(Container):
@@ -255,6 +261,7 @@ class DashboardScreen(Screen):
             if not state.dirty:
                 self.drawn_version = state.version
             self.redraws += 1
+            self._toast_alerts(state)
 
     # -- keys --------------------------------------------------------------------------------------------------
 
@@ -345,9 +352,38 @@ class DashboardScreen(Screen):
         self.app.push_screen(TextScreen(f"Run {self.run_dir.name}", body))
 
     def action_help(self) -> None:
-        self.app.push_screen(TextScreen("Help", HELP))
+        self.app.push_screen(TextScreen("Help", help_for(self._shown_panes()) + "\n" + HELP))
+
+    def _shown_panes(self) -> list[str]:
+        """Ids of the panes `?` explains: the active tab's (narrow), the focused one (wide); none: every pane."""
+        if self.mode == "narrow":
+            try:
+                active = self.query_one("#dash-tabs", TabbedContent).active_pane
+            except NoMatches:
+                return []
+            return [p.id or "" for p in active.query(Pane)] if active is not None else []
+        widget = self.focused
+        while widget is not None and not isinstance(widget, Pane):
+            widget = widget.parent
+        return [widget.id or ""] if widget is not None else []
+
+    def _toast_alerts(self, state: RunState) -> None:
+        """Notify alerts that arrive while the dashboard is open (not those of the history it loaded)."""
+        if not self.follower.caught_up:
+            return
+        seen = getattr(self, "_alerts_seen", None) if getattr(self, "_alerts_state", None) is state else None
+        fresh, self._alerts_seen = new_alerts(state, seen)
+        self._alerts_state = state
+        for a in fresh[-3:]:
+            self.notify(f"{a['message']}\ntry: {a['hint']}" if a["hint"] else a["message"],
+                        title=f"alert at step {a['step']}: {a['kind']}", timeout=10,
+                        severity="error" if a["severity"] == "error" else "warning")
 
     def action_show_tab(self, name: str) -> None:
+        if name in VIEWS and self.mode != "narrow":  # no room in the wide grid: the view full-screen
+            from tunix_tui.screens.paneview import PaneScreen
+            self.app.push_screen(PaneScreen(self, VIEWS[name][1](id=f"pane-{name}")))
+            return
         if self.mode == "narrow":
             try:
                 tabs = self.query_one("#dash-tabs", TabbedContent)
@@ -356,7 +392,7 @@ class DashboardScreen(Screen):
             self.set_focus(None)  # a focused widget in the old tab would pull the tabs back to it
             tabs.active = f"tab-{name}"
         pane = {"train": "#pane-loss", "system": "#pane-memory", "eval": "#pane-eval", "samples": "#pane-samples",
-                "log": "#pane-log"}[name]
+                "log": "#pane-log"}.get(name, f"#pane-{name}")
         try:
             target = self.query_one(pane)
         except NoMatches:

@@ -31,6 +31,7 @@ Home keys
   n          new profile (starts from the defaults)
   r          resume the highlighted run (stopped, failed or dead) from its checkpoint
   d, delete  delete the highlighted run (asks first; a live run must be stopped first)
+  space      mark / unmark the highlighted run;  c  compare the marked runs (curves overlaid, config diff)
   f5         refresh the lists
   ctrl+p     command palette
   f10        light / dark theme
@@ -48,6 +49,8 @@ class HomeScreen(Screen):
         Binding("r", "resume", "Resume"),
         Binding("d,delete", "delete", "Delete"),
         Binding("f5", "refresh", "Refresh"),
+        Binding("space", "mark", "Mark", show=False),
+        Binding("c", "compare", "Compare"),
         Binding("question_mark,f1", "help", "Help"),
         Binding("q", "app.quit", "Quit"),
     ]
@@ -58,6 +61,7 @@ class HomeScreen(Screen):
         self.runs: list[RunRow] = []
         self._shown: list[tuple] = []
         self._refreshing = False
+        self.marked: list[Path] = []  # runs marked for comparing, in the order marked
 
     def compose(self) -> ComposeResult:
         yield Static(id="home-title")
@@ -151,6 +155,7 @@ class HomeScreen(Screen):
         step = f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step)
         status = s.status if s.status != "unknown" else ("starting" if s.alive else "no events")
         name = f"{s.name or s.run_id} · {r.sweep_label}" if r.sweep else (s.name or s.run_id)
+        name = ("● " if s.path in self.marked else "") + name
         return (name, profile_label(s.profile, s.run_id) or "-", status, step, num(s.reward, ".3f"),
                 pct(s.accuracy), clock_time(s.started, self.app.clock()), hms(r.elapsed) if s.started else "-")
 
@@ -184,6 +189,9 @@ class HomeScreen(Screen):
             t.append("  r resumes it from its latest checkpoint", style="dim")
         elif s.alive:
             t.append("  engine running · enter opens its dashboard", style="dim")
+        if self.marked:
+            t.append(f"  · {len(self.marked)} marked" + (": c compares them" if len(self.marked) > 1 else ""),
+                     style="bold")
         label.update(t)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -265,6 +273,25 @@ class HomeScreen(Screen):
                                            f"This removes {run.summary.path} with its checkpoints and events.",
                                            yes="Delete"), answer)
 
+    def action_mark(self) -> None:
+        run = self._current_run()
+        if run is None:
+            return
+        path = run.summary.path
+        self.marked = [p for p in self.marked if p != path] if path in self.marked else [*self.marked, path]
+        self._shown = []
+        self.show_runs(self.runs)
+
+    def action_compare(self) -> None:
+        from tunix_tui.screens.compare import CompareScreen
+
+        existing = {r.summary.path for r in self.runs}
+        self.marked = [p for p in self.marked if p in existing]
+        if len(self.marked) < 2:
+            self.notify("mark two or more runs with space, then press c", severity="warning")
+            return
+        self.app.push_screen(CompareScreen(list(self.marked)))
+
     def action_refresh(self) -> None:
         self.load_profiles()
         self._shown = []
@@ -279,7 +306,9 @@ class HomeScreen(Screen):
                 ("Open the highlighted run", "its dashboard", "open"),
                 ("Resume the highlighted run", "from its latest checkpoint", "resume"),
                 ("Delete the highlighted run", "asks first", "delete"), ("Refresh the lists", "", "refresh"),
-                ("Home help", "keys of this screen", "help")]
+                ("Home help", "keys of this screen", "help"),
+                ("Mark the highlighted run", "for comparing", "mark"),
+                ("Compare the marked runs", "curves overlaid and their config diff", "compare")]
 
 
 def _home_relative(path: Path) -> str:

@@ -1,0 +1,228 @@
+"""Comparing runs: marking runs on home, three runs overlaid in distinct colours, smoothing, the x axis, log-y,
+zoom, the config diff, following a live run; and the curves underneath (loading, resumed runs, the cache)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fake_engine import TINY_PROFILE, FakeEngine
+from test_tui_app import make_app
+from tunix_tui.core import curves as C
+from tunix_tui.screens.compare import CompareChart, CompareScreen, parse_range
+from tunix_tui.screens.home import HomeScreen
+from tunix_tui.testing import screen_text, wait_until
+from tunix_tui.widgets.chart import Chart
+
+pytestmark = pytest.mark.anyio
+T0 = 1_767_323_045.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def three_runs(tmp_path: Path, steps: int = 60, live: int | None = None) -> list[FakeEngine]:
+    """Three finished runs that differ in grpo.beta (and so in their curves); `live`: that one's engine runs."""
+    engines = []
+    for i, beta in enumerate((0.04, 0.08, 0.0)):
+        clock = iter(T0 + i * 1000 + k * (3 + i) for k in range(100_000))
+        profile = TINY_PROFILE.replace("num_generations = 4", f"num_generations = 4\nbeta = {beta}")
+        eng = FakeEngine.create(tmp_path / "runs", f"2026010{i + 1}-120000-beta{i}", profile_toml=profile,
+                                clock=lambda c=clock: next(c))
+        eng.started(steps)
+        for s in range(1, steps + 1):
+            eng.step(s, steps, reward_mean=1 + 0.5 * i + (0.3 + 0.1 * i) * math.log(s) + 0.2 * math.sin(s),
+                     kl=0.001 * s * (i + 1), tokens_per_s=100.0 + 10 * i, time_rollout=2.0)
+            if s % 20 == 0:
+                eng.eval(s, accuracy=0.1 * i + s / 200)
+        if live == i:
+            eng.alive()
+        else:
+            eng.status("finished", step=steps)
+        engines.append(eng)
+    return engines
+
+
+async def open_compare(pilot: Any, app: Any, runs: list[Path]) -> CompareScreen:
+    await wait_until(pilot, lambda: isinstance(app.screen, HomeScreen))
+    app.push_screen(CompareScreen(runs, cache_dir=None, follow_every=0.2))
+    await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.loaded
+                     and app.screen.draws > 0, timeout=30)
+    await pilot.pause(0.1)
+    return app.screen
+
+
+def first_chart(screen: CompareScreen) -> tuple[CompareChart, list[Any]]:
+    box = screen.query(CompareChart).first()
+    return box, box.query_one(Chart).series()
+
+
+async def test_three_runs_overlaid_with_smoothing_axis_log_and_zoom(tmp_path: Path):
+    engines = three_runs(tmp_path)
+    app = make_app(tmp_path)
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = await open_compare(pilot, app, [e.paths.root for e in engines])
+        text = screen_text(app)
+        for e in engines:
+            assert e.paths.run_id in text  # the legend names every run
+        box, series = first_chart(screen)
+        assert box.metric == "reward_mean" and len(series) == 3
+        assert len({s.color for s in series}) == 3  # a colour each
+        raw = [s.columns for s in series]
+        assert all(any(c is not None for c in cols) for cols in raw)
+        assert "x: step · smoothing 0 · log-y off · steps all" in text
+        charts = {b.metric for b in screen.query(CompareChart)}
+        assert {"kl", "loss", "entropy", "completion_length_mean", "eval:accuracy"} <= charts
+
+        await pilot.press("s", "s")  # 0 -> 0.6 -> 0.8
+        await wait_until(pilot, lambda: "smoothing 0.8" in screen_text(app))
+        smooth = [s.columns for s in first_chart(screen)[1]]
+        assert smooth != raw
+
+        def wiggle(cols: list[Any]) -> float:  # total variation: smoothing takes the sine's wiggles out
+            vals = [c[0] for c in cols if c is not None]
+            return sum(abs(a - b) for a, b in zip(vals, vals[1:]))
+        assert wiggle(smooth[0]) < wiggle(raw[0])
+        await pilot.press("S", "S")
+        await wait_until(pilot, lambda: "smoothing 0 " in screen_text(app))
+
+        await pilot.press("x")
+        await wait_until(pilot, lambda: "x: wall time" in screen_text(app))
+        axis = str(box.query_one(".cmp-chart-axis").render())
+        assert axis.split()[0] == "0:00" and axis.split()[-1].startswith("5:")  # the slowest: 5 s an event
+        await pilot.press("x")
+        await wait_until(pilot, lambda: "x: tokens generated" in screen_text(app))
+        assert str(box.query_one(".cmp-chart-axis").render()).split()[-1] == "14.4k"  # 60 x 2 s x 120 tokens/s
+        await pilot.press("x")
+        await wait_until(pilot, lambda: "x: step" in screen_text(app))
+
+        await pilot.press("l")
+        await wait_until(pilot, lambda: "log-y on" in screen_text(app))
+        logged = first_chart(screen)[1][0].columns
+        assert max(c[0] for c in logged if c) < 1.0  # log10 of rewards below 10
+        await pilot.press("l")
+
+        await pilot.press("z")
+        await pilot.press(*"10-20", "enter")
+        await wait_until(pilot, lambda: "steps 10–20" in screen_text(app))
+        axis = str(box.query_one(".cmp-chart-axis").render())
+        assert axis.split()[0] == "10" and axis.split()[-1] == "20"
+        await pilot.press("Z")
+        await wait_until(pilot, lambda: "steps all" in screen_text(app))
+
+
+async def test_config_diff_lists_only_what_differs(tmp_path: Path):
+    engines = three_runs(tmp_path, steps=5)
+    app = make_app(tmp_path)
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = await open_compare(pilot, app, [e.paths.root for e in engines])
+        assert screen.diff_keys == ["grpo.beta"]
+        diff = str(screen.query_one("#cmp-diff").render())
+        assert "1 key(s) differ" in diff and "0.04" in diff and "0.08" in diff and "0.0" in diff
+        assert "model_size" not in diff
+
+
+async def test_narrow_compare_pages_and_the_diff_instead_of_the_charts(tmp_path: Path):
+    engines = three_runs(tmp_path, steps=10)
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_compare(pilot, app, [e.paths.root for e in engines])
+        first = [b.metric for b in screen.query(CompareChart)]
+        assert first and "page 1/" in screen_text(app)
+        await pilot.press("m")
+        await wait_until(pilot, lambda: [b.metric for b in screen.query(CompareChart)] not in ([], first))
+        await pilot.press("d")
+        await wait_until(pilot, lambda: "grpo.beta" in screen_text(app))
+        await pilot.press("d")
+        await wait_until(pilot, lambda: "grpo.beta" not in screen_text(app))
+
+
+async def test_marking_runs_on_home_opens_the_comparison_and_a_live_run_is_followed(tmp_path: Path):
+    engines = three_runs(tmp_path, steps=10, live=2)
+    app = make_app(tmp_path)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, HomeScreen) and len(app.screen.runs) == 3)
+        home = app.screen
+        home.query_one("#runs").focus()
+        await pilot.press("c")
+        await wait_until(pilot, lambda: any("mark two or more" in n.message for n in app._notifications))
+        await pilot.press("space", "down", "space")
+        await wait_until(pilot, lambda: "2 marked: c compares them" in screen_text(app))
+        assert screen_text(app).count("● ") >= 2
+        marked = list(home.marked)
+        await pilot.press("c")
+        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.loaded, timeout=30)
+        assert app.screen.run_dirs == marked
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: isinstance(app.screen, HomeScreen))
+
+        live = engines[2]
+        screen = await open_compare(pilot, app, [e.paths.root for e in engines])
+        assert len(screen.curves[2].steps) == 10
+        for s in range(11, 16):
+            live.step(s, 20)
+        await wait_until(pilot, lambda: len(screen.curves[2].steps) == 15, timeout=15)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the curves
+
+
+def test_curves_of_a_resumed_run_keep_the_newest_steps(tmp_path: Path):
+    eng = FakeEngine.create(tmp_path / "runs", "20260101-000000-r")
+    eng.started(10)
+    for s in range(1, 8):
+        eng.step(s, 10, loss=1.0)
+    eng.started(10, step=5, resumed=True)  # stopped after a checkpoint at 5: steps 6 and 7 again
+    for s in range(6, 11):
+        eng.step(s, 10, loss=2.0)
+    c = C.RunCurves.load(eng.paths.root)
+    assert list(c.steps) == [float(s) for s in range(1, 11)]
+    assert list(c.metrics["loss"]) == [1.0] * 5 + [2.0] * 5
+    assert list(c.tokens) == sorted(c.tokens)
+
+
+def test_curves_read_on_and_carry_missing_values(tmp_path: Path):
+    eng = FakeEngine.create(tmp_path / "runs", "20260101-000000-r")
+    eng.step(1, 10, kl=0.5)
+    eng.emit("step", step=2, total_steps=10, epoch=0, metrics={"kl": None, "loss": 0.1}, memory=[])
+    c = C.RunCurves.load(eng.paths.root)
+    assert list(c.metrics["kl"]) == [0.5, 0.5]
+    assert math.isnan(c.metrics["reward_mean"][1]) is False
+    eng.step(3, 10, kl=0.7)
+    eng.eval(3, accuracy=0.5)
+    assert c.update() and list(c.metrics["kl"]) == [0.5, 0.5, 0.7] and c.evals[-1][2] == 0.5
+    assert not c.update()
+
+
+def test_columns_are_means_bridged_and_log_scaled():
+    xs = [1.0, 2.0, 3.0, 4.0]
+    ys = C.array("d", [1.0, 3.0, 10.0, 100.0])
+    assert C.columns(xs, ys, 1.0, 4.0, 2) == [(2.0, 2.0), (55.0, 55.0)]
+    cols = C.columns(xs, ys, 1.0, 4.0, 7)  # more columns than points: the gaps are bridged
+    assert all(c is not None for c in cols)
+    assert C.columns(xs, ys, 1.0, 4.0, 1, log=True)[0][0] == pytest.approx((0 + math.log10(3) + 1 + 2) / 4)
+    assert C.columns(xs, ys, 10.0, 20.0, 3) == [None, None, None]
+    assert parse_range("100-500") == (100, 500) and parse_range("5..1") == (1, 5) and parse_range("x") is None
+
+
+def test_the_cache_and_loading_in_processes(tmp_path: Path):
+    engines = three_runs(tmp_path, steps=30)
+    runs = [e.paths.root for e in engines]
+    cache = tmp_path / "cache"
+    cold = C.load_runs(runs, cache)
+    assert len(list(cache.glob("*.curves"))) == 3
+    warm = C.load_runs(runs, cache)
+    for a, b in zip(cold, warm):
+        assert a.steps == b.steps and a.metrics == b.metrics and a.evals == b.evals and a.offset == b.offset
+    engines[0].step(31, 31)
+    again = C.load_runs(runs, cache)  # the cache of a grown stream: what came since is read on top
+    assert len(again[0].steps) == 31
+    events = runs[1] / "events.jsonl"
+    events.write_bytes(events.read_bytes().replace(b'"seq":0', b'"seq":9', 1))  # rewritten: the cache is void
+    assert C.load_cached(runs[1], cache) is None
