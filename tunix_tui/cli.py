@@ -133,18 +133,19 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if engine_alive(run):
         return _fail(busy)
     try:
+        history = RunPaths(run).events.stat().st_size if RunPaths(run).events.exists() else 0
         pid = spawn_detached(run, resume=True, allow_changes=args.allow_changes)
     except RunBusy:
         return _fail(busy)
     print(f"run {run.name} resuming (engine pid {pid})")
-    return EXIT_OK if args.detach else follow(run)
+    return EXIT_OK if args.detach else follow(run, offset=history)  # not the old run's final status
 
 
-def follow(run_dir: Path) -> int:
+def follow(run_dir: Path, offset: int = 0) -> int:
     """Print one compact line per event of interest until the run ends. Ctrl-C asks the engine to stop
     (it checkpoints first); a second Ctrl-C leaves it running in the background."""
     from tunix_tui.progress import format_event
-    reader = EventReader(RunPaths(run_dir).events)
+    reader = EventReader(RunPaths(run_dir).events, offset=offset)
     stop_sent = False
     last_alive_check = time.monotonic()
     status = ""
