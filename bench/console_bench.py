@@ -7,7 +7,13 @@ writes the events. Attaching is measured cold (an empty cache of folded states, 
 the state the consoles before left in the cache); the consoles' cache is a folder of the bench, never the user's.
 Targets: idle < 2% of a core, < 10% at 10 events/s, attach < 2 s, memory < 200 MB.
 
+Comparing runs (`--compare-only` for that alone): the compare screen opened on three 100,000-step runs, cold (no
+curves cached): the overlay first drawn (from a preview of every few steps), then every step of every run in;
+warm (the curves the first console cached); the console's memory and its idle CPU with the overlay shown.
+Targets: drawn < 2 s, idle < 2%, memory < 250 MB.
+
     .venv/bin/python bench/console_bench.py [--steps 100000] [--seconds 20] [--keep DIR] [--attach-only] [--repeat N]
+        [--compare-only]
 """
 
 from __future__ import annotations
@@ -81,6 +87,47 @@ def child_main(run_dir: str, report: str, t0: float) -> None:
     BenchApp(ROOT / "profiles", Path(run_dir).parent, attach=Path(run_dir)).run()
 
 
+def child_compare_main(runs: str, report: str, t0: float) -> None:
+    """Open home, then the compare screen on the runs (os.pathsep-separated); write timings and memory to `report`
+    once every step of every run is drawn."""
+    import resource
+
+    from tunix_tui.app import TunixApp
+    from tunix_tui.screens.compare import CompareScreen
+    from tunix_tui.screens.home import HomeScreen
+
+    run_dirs = [Path(p) for p in runs.split(os.pathsep)]
+    marks: dict[str, float] = {"imported": time.time() - t0}
+
+    class BenchApp(TunixApp):
+        def on_mount(self) -> None:
+            self._probe_timer = self.set_interval(0.05, self._probe)
+
+        def _probe(self) -> None:
+            screen = self.screen
+            if isinstance(screen, HomeScreen) and "pushed" not in marks:
+                marks["pushed"] = time.time() - t0
+                self.push_screen(CompareScreen(run_dirs))
+                return
+            if not isinstance(screen, CompareScreen):
+                return
+            if "first_draw" not in marks and screen.loaded and screen.draws:
+                marks["first_draw"] = time.time() - t0  # drawn at the refresh after the draw: within a tick
+                marks["first_draw_preview"] = float(screen.partial)
+            if "all_steps" not in marks and screen.load_seconds is not None and not screen.partial and screen.draws:
+                marks["all_steps"] = time.time() - t0
+                t = os.times()
+                marks["cpu_s"] = t.user + t.system
+                marks["children_cpu_s"] = t.children_user + t.children_system
+                marks["rss_mb"] = _rss_mb(os.getpid())
+                marks["children_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+                marks["steps"] = [len(c.steps) for c in screen.curves]
+                Path(report).write_text(json.dumps(marks))
+                self._probe_timer.stop()
+
+    BenchApp(ROOT / "profiles", run_dirs[0].parent).run()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the parent: spawn consoles in pseudo-terminals and watch them
 
@@ -115,8 +162,11 @@ def _cpu_seconds(pid: int) -> float:
 class Console:
     """A console process in its own pseudo-terminal; its output is drained by a thread."""
 
-    def __init__(self, run_dir: Path, report: Path, cache_home: Path):
+    def __init__(self, run_dir: Path | list[Path], report: Path, cache_home: Path):
         self.report = report
+        mode = "--child"
+        if isinstance(run_dir, list):  # the compare screen on these runs
+            mode, run_dir = "--child-compare", os.pathsep.join(str(p) for p in run_dir)
         t0 = time.time()
         pid, fd = pty.fork()
         if pid == 0:
@@ -124,7 +174,7 @@ class Console:
             os.environ["TERM"] = "xterm-256color"
             os.environ["XDG_CACHE_HOME"] = str(cache_home)  # the bench's own cache of folded states
             os.chdir(ROOT)
-            os.execv(sys.executable, [sys.executable, __file__, "--child", str(run_dir), str(report), repr(t0)])
+            os.execv(sys.executable, [sys.executable, __file__, mode, str(run_dir), str(report), repr(t0)])
         self.pid, self.fd = pid, fd
         self.bytes_out = 0
         self._reader = threading.Thread(target=self._drain, daemon=True)
@@ -224,10 +274,15 @@ def main() -> int:
                     help="only the long run: attach time and memory (no CPU windows)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="attach this many times cold and warm (figures of each, then the median)")
+    ap.add_argument("--compare-only", action="store_true", help="only the comparison of three long runs")
     ap.add_argument("--child", nargs=3, metavar=("RUN", "REPORT", "T0"), help=argparse.SUPPRESS)
+    ap.add_argument("--child-compare", nargs=3, metavar=("RUNS", "REPORT", "T0"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child_main(args.child[0], args.child[1], float(args.child[2]))
+        return 0
+    if args.child_compare:
+        child_compare_main(args.child_compare[0], args.child_compare[1], float(args.child_compare[2]))
         return 0
 
     import fake_engine
@@ -247,6 +302,10 @@ def main() -> int:
             write_history(eng.paths.root, args.steps, status="stopped")
             print(f"wrote {args.steps} steps of events in {time.time() - t:.1f} s")
         events = long_dir / "events.jsonl"
+        if args.compare_only:
+            _compare(work, long_dir, args, figures)
+            _print_compare(figures)
+            return 0
         figures["history_mb"] = round(events.stat().st_size / 2**20, 1)
         figures["history_events"] = _line_count(events)
         from tunix_tui.core.follower import Follower
@@ -319,6 +378,9 @@ def main() -> int:
         time.sleep(2.0)
         figures["idle_cpu_pct_paused_live_engine"], _ = con.cpu_percent(args.seconds)
         con.close()
+
+        # 4. three long runs compared ----------------------------------------------------------------------------
+        _compare(work, long_dir, args, figures)
     finally:
         for pid in engines:
             try:
@@ -330,7 +392,64 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     _summary(figures, args)
+    _print_compare(figures)
     return 0
+
+
+def _compare(work: Path, long_dir: Path, args: argparse.Namespace, figures: dict) -> None:
+    """The compare screen on the long run and two more like it: cold, then warm, then idle with it shown."""
+    from fake_engine import FakeEngine, write_history
+
+    runs = [long_dir]
+    for i in (1, 2):
+        run = work / "runs" / f"20260101-00000{i}-long{i}"
+        if not (run / "events.jsonl").exists():
+            shutil.rmtree(run, ignore_errors=True)
+            eng = FakeEngine.create(work / "runs", run.name)
+            t = time.time()
+            write_history(eng.paths.root, args.steps, status="stopped", t0=1.7e9 + 1000 * i, dt=4.0 + i)
+            print(f"wrote another {args.steps} steps of events in {time.time() - t:.1f} s")
+        runs.append(run)
+    figures["compare_steps"] = args.steps
+    cache_home = work / "compare-cache"
+    shutil.rmtree(cache_home, ignore_errors=True)  # cold: no curves cached
+    for kind in ("cold", "warm"):
+        report = work / f"compare-{kind}.json"
+        report.unlink(missing_ok=True)
+        load = os.getloadavg()[0]
+        con = Console(runs, report, cache_home)
+        marks = con.wait_report()
+        since = marks["pushed"]
+        figures[f"compare_{kind}_first_draw_s"] = round(marks["first_draw"] - since, 2)
+        figures[f"compare_{kind}_from_preview"] = bool(marks["first_draw_preview"])
+        figures[f"compare_{kind}_all_steps_s"] = round(marks["all_steps"] - since, 2)
+        figures[f"compare_{kind}_load"] = round(load, 1)
+        print(f"compare {kind}: overlay drawn {figures[f'compare_{kind}_first_draw_s']} s after the screen opened"
+              f"{' (a preview of every few steps)' if marks['first_draw_preview'] else ''}, every step of the "
+              f"{marks['steps']} steps in after {figures[f'compare_{kind}_all_steps_s']} s; console "
+              f"{marks['rss_mb']:.0f} MB ({marks['cpu_s']:.2f} s CPU), loading processes {marks['children_cpu_s']:.2f} "
+              f"s CPU, peak {marks['children_peak_rss_mb']:.0f} MB; load {load:.1f}", flush=True)
+        if kind == "cold":
+            figures["compare_children_peak_rss_mb"] = round(marks["children_peak_rss_mb"], 1)
+            con.close()
+    time.sleep(1.0)
+    figures["compare_idle_cpu_pct"], _ = con.cpu_percent(args.seconds)
+    figures["compare_idle_cpu_pct"] = round(figures["compare_idle_cpu_pct"], 2)
+    figures["compare_rss_mb"] = round(_rss_mb(con.pid), 1)
+    figures["compare_peak_rss_mb"] = round(_rss_mb(con.pid, "VmHWM"), 1)
+    con.close()
+
+
+def _print_compare(figures: dict) -> None:
+    if "compare_cold_first_draw_s" not in figures:
+        return
+    print(json.dumps({k: v for k, v in figures.items() if k.startswith("compare")}, indent=2))
+    print(f"compare three {figures['compare_steps']}-step runs: overlay drawn "
+          f"{figures['compare_cold_first_draw_s']} s after opening (cold; every step in after "
+          f"{figures['compare_cold_all_steps_s']} s), {figures['compare_warm_first_draw_s']} s warm (target < 2 s); "
+          f"idle CPU {figures['compare_idle_cpu_pct']}% (target < 2%); console memory {figures['compare_rss_mb']} MB, "
+          f"peak {figures['compare_peak_rss_mb']} MB (target < 250 MB); the processes that load the curves: peak "
+          f"{figures['compare_children_peak_rss_mb']} MB each")
 
 
 if __name__ == "__main__":

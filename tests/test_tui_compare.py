@@ -226,3 +226,31 @@ def test_the_cache_and_loading_in_processes(tmp_path: Path):
     events = runs[1] / "events.jsonl"
     events.write_bytes(events.read_bytes().replace(b'"seq":0', b'"seq":9', 1))  # rewritten: the cache is void
     assert C.load_cached(runs[1], cache) is None
+
+
+def test_a_preview_holds_every_few_steps_and_every_evaluation(tmp_path: Path):
+    eng = three_runs(tmp_path, steps=300)[0]
+    preview = C.RunCurves.preview(eng.paths.root, points=40, full_below=0)
+    full = C.RunCurves.load(eng.paths.root)
+    assert preview.sampled and 20 <= len(preview.steps) <= 40 and preview.steps[-1] >= 290
+    assert preview.tokens[-1] == pytest.approx(full.tokens[-1], rel=0.1)  # each sampled step stands for its gap
+    assert preview.evals == full.evals
+    assert not preview.update()  # a preview is replaced, never read on
+
+
+async def test_long_runs_are_drawn_from_a_preview_then_in_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    engines = three_runs(tmp_path, steps=200)
+    original = C.RunCurves.preview.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(C.RunCurves, "preview", classmethod(lambda cls, run, points=30: original(
+        cls, run, points, full_below=0)))
+    monkeypatch.setattr(C, "SEPARATE_FROM", 0)  # every run loads in a process of its own
+    app = make_app(tmp_path)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, HomeScreen))
+        app.push_screen(CompareScreen([e.paths.root for e in engines], cache_dir=tmp_path / "cache"))
+        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.load_seconds, 30)
+        screen = app.screen
+        assert screen.previewed and not screen.partial
+        assert screen.first_draw_seconds <= screen.load_seconds
+        assert [len(c.steps) for c in screen.curves] == [200, 200, 200]
+        assert len(list((tmp_path / "cache").glob("*.curves"))) == 3

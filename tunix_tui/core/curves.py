@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
 import subprocess
 import sys
@@ -36,7 +37,7 @@ AXES = ("step", "time", "tokens")
 AXIS_LABEL = {"step": "step", "time": "wall time", "tokens": "tokens generated"}
 _STEP_MARK = b'"type":"step"'
 _EVAL_MARK = b'"type":"eval"'
-_CHUNK = 16 << 20
+_CHUNK = 4 << 20  # bytes read at a time (what parsing a block holds stays small)
 
 
 def _number(v: Any) -> float | None:
@@ -58,6 +59,7 @@ class RunCurves:
     offset: int = 0  # bytes of the stream read
     t0: float | None = None
     skipped: int = 0
+    sampled: bool = False  # a preview: every so many steps of a long run, while the whole is loaded
     _smoothed: dict[tuple[str, float], array] = field(default_factory=dict, repr=False)
 
     @property
@@ -70,6 +72,46 @@ class RunCurves:
         curves.update()
         return curves
 
+    @classmethod
+    def preview(cls, run_dir: Path, points: int = 4096, *, full_below: int = 8 << 20) -> "RunCurves":
+        """About `points` steps spread evenly over a long run's stream (the first step line at each of `points`
+        evenly spaced offsets), and every evaluation: enough for a chart to be drawn at once while the whole run
+        loads. A stream shorter than `full_below` bytes is loaded whole."""
+        path = RunPaths(Path(run_dir)).events
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0
+        if size < full_below:
+            return cls.load(run_dir)
+        curves = cls(Path(run_dir), sampled=True)
+        lines: list[bytes] = []
+        evals: list[bytes] = []
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            size = len(mm)
+            stride = size / points
+            find, rfind = mm.find, mm.rfind
+            for k in range(points):
+                at = int(k * stride)
+                i = find(_STEP_MARK, at, at + (1 << 14))
+                if i < 0:
+                    continue
+                start = rfind(b"\n", max(0, i - 160), i) + 1
+                end = find(b"\n", i)
+                if end > 0 and (start > 0 or i < 160) and i - start < 120:
+                    lines.append(mm[start:end])
+            pos = find(_EVAL_MARK)
+            while pos >= 0:  # evaluations are few: find them all (a search at C speed, nothing copied)
+                start = rfind(b"\n", 0, pos) + 1
+                end = find(b"\n", pos)
+                if end < 0:
+                    break
+                if pos - start < 120:
+                    evals.append(mm[start:end])
+                pos = find(_EVAL_MARK, end)
+        curves._fold(b"\n".join(lines + evals) + b"\n")
+        return curves
+
     # -- reading -------------------------------------------------------------------------------------------------
 
     def update(self) -> bool:
@@ -78,6 +120,8 @@ class RunCurves:
         try:
             size = path.stat().st_size
         except OSError:
+            return False
+        if self.sampled:  # a preview is replaced by the whole run, never read on
             return False
         if size < self.offset:  # replaced: start again
             self.__init__(self.path)  # type: ignore[misc]
@@ -101,20 +145,7 @@ class RunCurves:
         return added
 
     def _fold(self, data: bytes) -> bool:
-        step_lines = _lines_with(data, _STEP_MARK)
-        added = False
-        if step_lines:
-            evs: list[Any] | None = None
-            if _fast_loads is not None:
-                try:  # one parse for the whole block
-                    evs = _fast_loads(b"[" + b",".join(step_lines) + b"]")
-                except ValueError:
-                    evs = None
-            if evs is None:
-                evs = [_parse_line(raw) for raw in step_lines]
-            good = [ev for ev in evs if isinstance(ev, dict) and ev.get("type") == "step"]
-            self.skipped += len(evs) - len(good)
-            added = self._add_steps(good)
+        added = self._add_steps(*_step_rows(_lines_with(data, _STEP_MARK)))
         for raw in _lines_with(data, _EVAL_MARK):
             ev = _parse_line(raw)
             if ev is None or ev.get("type") != "eval":
@@ -128,19 +159,11 @@ class RunCurves:
             added = True
         return added
 
-    def _add_steps(self, evs: list[dict[str, Any]]) -> bool:
-        try:  # the usual case: every event well formed
-            steps = list(map(float, map(_get_step, evs)))
-            rows = list(map(_get_metrics, evs))
-            if set(map(type, rows)) != {dict}:
-                raise TypeError
-        except (TypeError, ValueError, KeyError):
-            evs = [ev for ev in evs if _number(ev.get("step")) is not None and isinstance(ev.get("metrics"), dict)]
-            steps = [float(ev["step"]) for ev in evs]
-            rows = [ev["metrics"] for ev in evs]
+    def _add_steps(self, steps: list[float], times: list[Any], rows: list[dict[str, Any]], bad: int = 0) -> bool:
+        """Append steps (their numbers, event times and metric dicts)."""
+        self.skipped += bad
         if not steps:
             return False
-        times = list(map(_get_t, evs))
         # a resumed run goes over steps again from its checkpoint: the newest take their place
         keep = _newest(steps)
         if keep is not None:
@@ -153,11 +176,16 @@ class RunCurves:
         keys = set(self.metrics)
         for m in (rows[0], rows[-1]):
             keys.update(k for k in m if k in CURVE_METRICS or k.startswith("reward/"))
-        for key in keys:
+        order = sorted(keys)
+        try:  # every row names every key (the usual case): all columns in one pass
+            columns = list(zip(*map(itemgetter(*order), rows))) if len(order) > 1 else None
+        except KeyError:
+            columns = None
+        for k, key in enumerate(order):
             col = self.metrics.get(key)
             if col is None:
                 col = self.metrics[key] = array("d", [math.nan]) * n_before
-            _extend_filled(col, list(map(methodcaller("get", key), rows)))
+            _extend_filled(col, columns[k] if columns is not None else list(map(methodcaller("get", key), rows)))
         if self.t0 is None:
             self.t0 = next((t for t in times if isinstance(t, (int, float))), None)
         t0 = self.t0 if self.t0 is not None else 0.0
@@ -174,6 +202,9 @@ class RunCurves:
             made = list(map(mul, rates, secs))
         except TypeError:
             made = [_generated(r, s) for r, s in zip(rates, secs)]
+        if self.sampled:  # a preview holds every so many steps: each stands for the steps since the one before
+            gaps = [b - a for a, b in zip([self.steps[-1] if self.steps else 0.0, *steps], steps)]
+            made = list(map(mul, made, gaps))
         self.steps.extend(steps)
         self.times.extend(rel)
         self.tokens.extend(accumulate(made, initial=tok))
@@ -238,8 +269,48 @@ class RunCurves:
         return self.axis(axis), self.smoothed(key, alpha)
 
 
-_get_step, _get_metrics = itemgetter("step"), itemgetter("metrics")
-_get_t = methodcaller("get", "t")
+
+
+def _step_rows(lines: list[bytes]) -> tuple[list[float], list[Any], list[dict[str, Any]], int]:
+    """Step lines -> (steps, times, metric dicts, lines that were no step event), in the lines' order. The usual
+    line (`metrics` then `memory`, as the engine writes it) is parsed without its memory list; any other whole."""
+    if not lines:
+        return [], [], [], 0
+    evs: list[Any] = [None] * len(lines)
+    fast, heads, bodies = [], [], []
+    for k, raw in enumerate(lines):
+        i = raw.find(b'"metrics":{')
+        j = raw.rfind(b'},"memory":')
+        if _fast_loads is not None and 0 < i < j and raw[i - 1:i] == b",":
+            fast.append(k)
+            heads.append(raw[:i - 1] + b"}")
+            bodies.append(raw[i + 10:j + 1])
+    if fast:
+        try:
+            parsed = _fast_loads(b"[" + b",".join(heads) + b"]")  # type: ignore[misc]
+            metrics = _fast_loads(b"[" + b",".join(bodies) + b"]")  # type: ignore[misc]
+        except ValueError:
+            fast = []
+        else:
+            for k, head, m in zip(fast, parsed, metrics):
+                if isinstance(head, dict):
+                    head["metrics"] = m
+                evs[k] = head
+    done = set(fast)
+    for k, raw in enumerate(lines):
+        if k not in done:
+            evs[k] = _parse_line(raw)
+    steps, times, rows, bad = [], [], [], 0
+    for ev in evs:
+        step = _number(ev.get("step")) if isinstance(ev, dict) and ev.get("type") == "step" else None
+        metrics = ev.get("metrics") if step is not None else None
+        if step is None or not isinstance(metrics, dict):
+            bad += 1
+            continue
+        steps.append(step)
+        times.append(ev.get("t"))
+        rows.append(metrics)
+    return steps, times, rows, bad
 
 
 def _lines_with(data: bytes, mark: bytes) -> list[bytes]:
@@ -271,7 +342,7 @@ def _newest(steps: list[float]) -> list[int] | None:
     return keep
 
 
-def _extend_filled(col: array, values: list[Any]) -> None:
+def _extend_filled(col: array, values: Sequence[Any]) -> None:
     """Append values, carrying the one before forward over missing or non-finite ones."""
     try:
         fresh = array("d", values)
@@ -479,17 +550,28 @@ def load_cached(run_dir: Path, directory: Path) -> RunCurves | None:
     return curves
 
 
+SEPARATE_FROM = 8 << 20  # streams from this size are loaded in a process of their own
+
+
+def _size(run_dir: Path) -> int:
+    try:
+        return RunPaths(Path(run_dir)).events.stat().st_size
+    except OSError:
+        return 0
+
+
 def load_runs(run_dirs: Sequence[Path], cache_dir: Path | None = None, *, jobs: int | None = None,
               progress: Any = None) -> list[RunCurves]:
-    """Every run's curves: from the cache when it fits, else loaded by processes of their own (at most `jobs` at
-    once: a core each) that leave them in the cache; then brought up to date. `progress(done, total)` follows."""
+    """Every run's curves: from the cache when it fits, else loaded (long streams by processes of their own, at
+    most `jobs` at once, that leave them in the cache); then brought up to date. `progress(done,
+    total)` follows."""
     total = len(run_dirs)
     out: list[RunCurves | None] = [None] * total
     if cache_dir is not None:
         for i, run in enumerate(run_dirs):
             out[i] = load_cached(run, cache_dir)
-    missing = [i for i in range(total) if out[i] is None]
-    if cache_dir is not None and len(missing) > 1:
+    missing = [i for i in range(total) if out[i] is None and _size(run_dirs[i]) >= SEPARATE_FROM]
+    if cache_dir is not None and missing:
         jobs = max(1, jobs or os.cpu_count() or 1)
         running: dict[int, subprocess.Popen] = {}
         queue = list(missing)

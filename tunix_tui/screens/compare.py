@@ -168,8 +168,11 @@ class CompareScreen(Screen):
         self.zoom: tuple[float, float] | None = None
         self.page = 0
         self.show_diff = False
-        self.loaded = False
-        self.load_seconds: float | None = None
+        self.loaded = False  # something to draw (perhaps a preview)
+        self.partial = False  # what is drawn is a preview of some runs: every step of them is on its way
+        self.previewed = False  # a preview was drawn first
+        self.first_draw_seconds: float | None = None
+        self.load_seconds: float | None = None  # until every step of every run was in
         self.draws = 0  # times the charts were set up (tests, benchmark)
         self._metrics: list[str] = []
         self._per_page = 1
@@ -199,16 +202,37 @@ class CompareScreen(Screen):
         self.set_interval(self.follow_every, self._follow)
 
     def _load(self) -> None:
-        curves = C.load_runs(self.run_dirs, self.cache_dir)
-        live = [engine_alive(p) for p in self.run_dirs]
-        self.app.call_from_thread(self._loaded, curves, live)
+        """Worker thread: runs in the cache at once; long ones not in it first as a preview (every so many steps),
+        drawn while the whole of them loads in processes of their own."""
+        runs, cache = self.run_dirs, self.cache_dir
+        live = [engine_alive(p) for p in runs]
+        got = [C.load_cached(p, cache) if cache is not None else None for p in runs]
+        if any(c is None for c in got):
+            shown = [c if c is not None else C.RunCurves.preview(p) for c, p in zip(got, runs)]
+            sampled = [i for i, c in enumerate(shown) if c.sampled]
+            if sampled:
+                self.app.call_from_thread(self._loaded, list(shown), live, True)
+                for i, full in zip(sampled, C.load_runs([runs[i] for i in sampled], cache)):
+                    shown[i] = full
+            for i, c in enumerate(got):
+                if c is None and i not in sampled and cache is not None:
+                    C.save(shown[i], cache)
+            got = shown
+        for c in got:
+            c.update()  # type: ignore[union-attr]
+        self.app.call_from_thread(self._loaded, got, live, False)
 
-    def _loaded(self, curves: list[C.RunCurves], live: list[bool]) -> None:
+    def _loaded(self, curves: list[C.RunCurves], live: list[bool], partial: bool = False) -> None:
         with self.lock:
             self.curves = curves
         self._live = live
+        self.partial = partial
+        self.previewed = self.previewed or partial
+        if not self.loaded:
+            self.first_draw_seconds = time.perf_counter() - self._t0
         self.loaded = True
-        self.load_seconds = time.perf_counter() - self._t0
+        if not partial:
+            self.load_seconds = time.perf_counter() - self._t0
         keys: set[str] = set()
         for c in curves:
             keys.update(c.keys())
@@ -217,7 +241,7 @@ class CompareScreen(Screen):
 
     def _follow(self) -> None:
         """Every few seconds: read what live runs wrote since (in a thread), and draw again if anything came."""
-        if not self.loaded or self._updating or not any(self._live):
+        if not self.loaded or self.partial or self._updating or not any(self._live):
             return
         self._updating = True
 
@@ -260,6 +284,8 @@ class CompareScreen(Screen):
         if not self.loaded:
             t.append(": loading…")
         else:
+            if self.partial:
+                t.append(" (a preview of every few steps: loading all…)", style="bold")
             pages = max(1, math.ceil(len(self._metrics) / self._per_page))
             t.append(f" · x: {C.AXIS_LABEL[self.axis]} · smoothing {self.alpha:g} · log-y {'on' if self.log_y else 'off'}")
             t.append(" · steps " + (f"{self.zoom[0]:.0f}–{self.zoom[1]:.0f}" if self.zoom else "all"))
