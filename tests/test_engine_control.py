@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 # A slow rollout from the profile alone: long completions that the random model never ends (no end-of-sequence id
 # it can produce, no stop string).
-SLOW_ROLLOUT = ("generation.max_generation_steps=1500", "generation.eos_tokens=[100000]", "generation.stop_strings=[]",
+SLOW_ROLLOUT = ("generation.max_generation_steps=600", "generation.eos_tokens=[100000]", "generation.stop_strings=[]",
                 "generation.partial_every=8", "logging.samples_per_step=1", "training.num_batches=2",
                 "training.save_interval_steps=0")
 
