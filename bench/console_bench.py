@@ -90,8 +90,6 @@ def child_main(run_dir: str, report: str, t0: float) -> None:
 def child_compare_main(runs: str, report: str, t0: float) -> None:
     """Open home, then the compare screen on the runs (os.pathsep-separated); write timings and memory to `report`
     once every step of every run is drawn."""
-    import resource
-
     from tunix_tui.app import TunixApp
     from tunix_tui.screens.compare import CompareScreen
     from tunix_tui.screens.home import HomeScreen
@@ -120,7 +118,6 @@ def child_compare_main(runs: str, report: str, t0: float) -> None:
                 marks["cpu_s"] = t.user + t.system
                 marks["children_cpu_s"] = t.children_user + t.children_system
                 marks["rss_mb"] = _rss_mb(os.getpid())
-                marks["children_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
                 marks["steps"] = [len(c.steps) for c in screen.curves]
                 Path(report).write_text(json.dumps(marks))
                 self._probe_timer.stop()
@@ -428,9 +425,8 @@ def _compare(work: Path, long_dir: Path, args: argparse.Namespace, figures: dict
               f"{' (a preview of every few steps)' if marks['first_draw_preview'] else ''}, every step of the "
               f"{marks['steps']} steps in after {figures[f'compare_{kind}_all_steps_s']} s; console "
               f"{marks['rss_mb']:.0f} MB ({marks['cpu_s']:.2f} s CPU), loading processes {marks['children_cpu_s']:.2f} "
-              f"s CPU, peak {marks['children_peak_rss_mb']:.0f} MB; load {load:.1f}", flush=True)
+              f"s CPU; load {load:.1f}", flush=True)
         if kind == "cold":
-            figures["compare_children_peak_rss_mb"] = round(marks["children_peak_rss_mb"], 1)
             con.close()
     time.sleep(1.0)
     figures["compare_idle_cpu_pct"], _ = con.cpu_percent(args.seconds)
@@ -448,8 +444,7 @@ def _print_compare(figures: dict) -> None:
           f"{figures['compare_cold_first_draw_s']} s after opening (cold; every step in after "
           f"{figures['compare_cold_all_steps_s']} s), {figures['compare_warm_first_draw_s']} s warm (target < 2 s); "
           f"idle CPU {figures['compare_idle_cpu_pct']}% (target < 2%); console memory {figures['compare_rss_mb']} MB, "
-          f"peak {figures['compare_peak_rss_mb']} MB (target < 250 MB); the processes that load the curves: peak "
-          f"{figures['compare_children_peak_rss_mb']} MB each")
+          f"peak {figures['compare_peak_rss_mb']} MB (target < 250 MB)")
 
 
 if __name__ == "__main__":

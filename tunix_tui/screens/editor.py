@@ -257,6 +257,9 @@ class EditorScreen(Screen):
             t.append(f"  · {len(dirty)} unsaved change(s)", style="yellow")
         n = len(self._errors) + len(self.form.file_problems)
         t.append(f"  · {n} problem(s)" if n else "  · valid", style="red" if n else "green")
+        if not n:  # the memory preflight (tunix_tui/widgets/preflight.py)
+            from tunix_tui.widgets.preflight import preflight_text
+            t.append_text(preflight_text(self.form))
         self.query_one("#editor-title", Static).update(t)
         problems = self.query_one("#editor-problems", Static)
         if self.form.file_problems:
@@ -503,7 +506,8 @@ class EditorScreen(Screen):
         if path is None or not path.exists():
             self.notify("save the profile first (F2)", severity="warning")
             return
-        self.app.launch(path, self.form.overrides())
+        from tunix_tui.widgets.preflight import confirm_launch
+        confirm_launch(self, self.form, lambda: self.app.launch(path, self.form.overrides()))
 
     def action_back(self) -> None:
         if not self.form.dirty:
