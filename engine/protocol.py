@@ -546,6 +546,7 @@ class RunSummary:
     started: float | None = None
     last_event: float | None = None
     error: str = ""
+    last_alert: str = ""  # the kind of the latest alert among the events read (the stream's head and tail)
 
     @property
     def elapsed(self) -> float:
@@ -602,6 +603,8 @@ def summarize_run(run_dir: str | os.PathLike, tail_bytes: int = 1 << 20) -> RunS
             s.accuracy = float(ev["accuracy"])
         elif typ == "error":
             s.error = str(ev.get("message", ""))
+        elif typ == "alert":
+            s.last_alert = str(ev.get("kind") or "alert")
         s.last_event = ev.get("t", s.last_event)
     s.name = s.run_id.split("-", 2)[-1] if s.run_id.count("-") >= 2 else s.run_id
     s.alive = engine_alive(paths.root)

@@ -131,3 +131,12 @@ def test_show_command(run: FakeEngine, tmp_path: Path):
 def _env(tmp_path: Path) -> dict[str, str]:
     import os
     return dict(os.environ, TUNIX_TUI_CACHE=str(tmp_path / "cache"))
+
+
+def test_ls_names_the_latest_alert(run: FakeEngine, tmp_path: Path):
+    out = subprocess.run(cli_cmd("--output-dir", str(tmp_path / "runs"), "ls"), capture_output=True, text=True,
+                         timeout=60, env=_env(tmp_path))
+    assert out.returncode == 0, out.stderr
+    header, line = out.stdout.splitlines()[:2]
+    assert header.endswith("LAST ALERT") and line.startswith("20260102-030405-demo") and line.endswith(
+        "entropy_collapse")

@@ -61,12 +61,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs in {args.output_dir}/")
         return _print_sweeps(args.output_dir)
-    print(f"{'RUN':<40} {'STATUS':<13} {'STEP':>11} {'REWARD':>8} {'ACC':>6} {'ELAPSED':>9}")
+    print(f"{'RUN':<40} {'STATUS':<13} {'STEP':>11} {'REWARD':>8} {'ACC':>6} {'ELAPSED':>9}  LAST ALERT")
     for r in runs:
         step = f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step)
         reward = f"{r.reward:.3f}" if r.reward is not None else "-"
         acc = f"{100 * r.accuracy:.1f}%" if r.accuracy is not None else "-"
-        print(f"{r.run_id:<40} {r.status:<13} {step:>11} {reward:>8} {acc:>6} {_hms(r.elapsed):>9}")
+        print(f"{r.run_id:<40} {r.status:<13} {step:>11} {reward:>8} {acc:>6} {_hms(r.elapsed):>9}  "
+              f"{r.last_alert or '-'}")
     unreadable = [r for r in runs if r.status == "unreadable"]
     if unreadable:
         print(f"\n{len(unreadable)} run(s) cannot be read by you: " + "; ".join(
