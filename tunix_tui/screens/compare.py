@@ -13,7 +13,6 @@ import math
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.text import Text
 from textual import events
@@ -250,9 +249,10 @@ class CompareScreen(Screen):
             try:
                 for i, c in enumerate(self.curves):
                     if self._live[i]:
+                        alive = engine_alive(c.path)  # checked first: what a finished engine wrote last is read
                         with self.lock:
                             changed = c.update() or changed
-                        self._live[i] = engine_alive(c.path) or c.update()
+                        self._live[i] = alive
             finally:
                 self._updating = False
             if changed:

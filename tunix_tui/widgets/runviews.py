@@ -77,7 +77,7 @@ class AlertsPane(ScrollPane):
             for line in _wrap(a["message"], width - 2):
                 t.append(f"  {line}\n")
             if a["hint"]:
-                for i, line in enumerate(_wrap("try: " + a["hint"], width - 2)):
+                for line in _wrap("try: " + a["hint"], width - 2):
                     t.append(f"  {line}\n", style="dim")
         self.show(t)
 
