@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from engine.launch import engine_env
+from engine.profile_io import load_profile
 from engine.protocol import read_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_weights]
@@ -43,7 +44,9 @@ def test_quickstart_trains_two_steps_then_its_checkpoint_is_evaluated_on_gsm8k(t
     completion = samples[0]["completions"][0]
     assert set(completion["rewards"]) == {"match_format_exactly", "match_format_approximately", "check_answer",
                                           "check_numbers"}
-    assert completion["total"] == pytest.approx(sum(completion["rewards"].values()))
+    rewards = load_profile(run / "profile.toml").rewards   # the frozen profile's weights
+    weights = dict(zip(rewards.functions, rewards.weights or [1.0] * len(rewards.functions)))
+    assert completion["total"] == pytest.approx(sum(weights[k] * v for k, v in completion["rewards"].items()))
     assert [e["reason"] for e in events if e["type"] == "checkpoint"] == ["final"]
 
     evaluate = [sys.executable, "-m", "tunix_tui.cli", "eval", str(run), "--num-questions", "20", "--data",
