@@ -4,7 +4,6 @@ updates, SIGTERM. Compiled programs are shared through one cache folder per test
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -12,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -20,8 +19,8 @@ import pytest
 from engine.launch import engine_command, engine_env, prepare_run
 from engine.protocol import RunPaths, engine_alive, read_engine_info, read_events, send_command
 from engine.train.checkpoints import CheckpointStore
-from engine.train.loop import HOOKS_ENV
 from engine.train.setup import COMPILE_CACHE_ENV
+from reward_plugins import functions_override
 
 pytestmark = pytest.mark.slow
 
@@ -37,26 +36,17 @@ def cache(tmp_path_factory) -> str:
     return str(tmp_path_factory.getbasetemp() / "compile-cache")
 
 
-TOY_REWARD = """def lowercase(prompts, completions, answers):
-    return [float(sum('a' <= ch <= 'z' for ch in c)) for c in completions]
-"""
-
-
-def new_run(tmp_path: Path, *overrides: str) -> RunPaths:
-    """A tiny run whose reward (lowercase letters written) varies within groups, so updates are never all zero."""
+def new_run(tmp_path: Path, *overrides: str, reward: str = "letters") -> RunPaths:
+    """A tiny run whose reward (a plugin of tests/reward_plugins.py; by default lowercase letters written) varies
+    within groups, so updates are never all zero."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    plugin = tmp_path / "toy_reward.py"
-    plugin.write_text(TOY_REWARD)
     return prepare_run(TINY, ["training.eval_every_n_steps=0", "eval.final=false",
-                              f'rewards.functions=["{plugin}:lowercase"]', *overrides], str(tmp_path))
+                              functions_override(f"plugin:{reward}"), *overrides], str(tmp_path))
 
 
-def start(paths: RunPaths, cache: str, *, resume: bool = False, hooks: dict[str, Any] | None = None,
-          ) -> subprocess.Popen:
+def start(paths: RunPaths, cache: str, *, resume: bool = False) -> subprocess.Popen:
     env = engine_env()
     env[COMPILE_CACHE_ENV] = cache
-    if hooks:
-        env[HOOKS_ENV] = json.dumps(hooks)
     with open(paths.log, "ab") as log:
         return subprocess.Popen(engine_command(paths.root, resume=resume), env=env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -136,6 +126,20 @@ def kill(proc: subprocess.Popen) -> None:
     proc.wait(30)
 
 
+def kill_mid_save(proc: subprocess.Popen, checkpoints: Path, step: int) -> None:
+    """SIGKILL the engine while checkpoint `step` is half written: it is frozen (SIGSTOP) and let run in slices of a
+    millisecond until orbax's temporary folder for the step exists, then killed; fails if the save got through."""
+    os.kill(proc.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + PATIENCE
+    while not list(checkpoints.glob(f"{step}.orbax-checkpoint-tmp*")) and time.monotonic() < deadline:
+        assert not (checkpoints / str(step)).exists(), "the save finished before it could be interrupted"
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.001)
+        os.kill(proc.pid, signal.SIGSTOP)
+    assert list(checkpoints.glob(f"{step}.orbax-checkpoint-tmp*")), "the save never started"
+    kill(proc)
+
+
 def test_sigkill_at_start_up_mid_step_and_mid_checkpoint_then_resume_is_bit_exact(tmp_path, cache, whole):
     cut = new_run(tmp_path, *EXACT)
     # 1. at start-up, while the model loads: nothing saved, the resume starts at step 0
@@ -151,14 +155,10 @@ def test_sigkill_at_start_up_mid_step_and_mid_checkpoint_then_resume_is_bit_exac
     kill(proc)
     # 3. mid-checkpoint: the save of step 4 is half written (its temporary folder is there) when the kill lands
     before = read_events(cut.events)[-1]["seq"]
-    proc = start(cut, cache, resume=True, hooks={"save_sleep": 60})
+    proc = start(cut, cache, resume=True)
     wait_for(cut, proc, lambda e: e["seq"] > before and e["type"] == "status" and e["status"] == "checkpointing"
              and e.get("step") == 4, PATIENCE)
-    deadline = time.monotonic() + PATIENCE
-    while not list(cut.checkpoints.glob("4.orbax-checkpoint-tmp*")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert list(cut.checkpoints.glob("4.orbax-checkpoint-tmp*")), "the save never started"
-    kill(proc)
+    kill_mid_save(proc, cut.checkpoints, 4)
     assert CheckpointStore(cut.checkpoints, read_only=True).steps() == [2]
     assert finish(start(cut, cache, resume=True), PATIENCE) == 0
 
@@ -245,11 +245,8 @@ def test_a_full_disk_pauses_the_run_with_a_clear_error_until_space_is_freed(tmp_
         pytest.skip("mounting a 40 MB tmpfs to fill up needs root (mount -t tmpfs): "
                     + (mounted.stderr.strip() or f"exit {mounted.returncode}"))
     try:
-        plugin = tmp_path / "toy_reward.py"
-        plugin.write_text(TOY_REWARD)
         run = prepare_run(TINY, ["training.eval_every_n_steps=0", "eval.final=false", "training.num_batches=3",
-                                 "training.save_interval_steps=1", f'rewards.functions=["{plugin}:lowercase"]'],
-                          str(mnt))
+                                 "training.save_interval_steps=1", functions_override("plugin:letters")], str(mnt))
         ballast = mnt / "ballast"
         with open(ballast, "wb") as fh:                     # leave 6 MB: room for events, not for a checkpoint
             fh.write(b"\0" * max(shutil.disk_usage(mnt).free - (6 << 20), 0))
@@ -272,8 +269,8 @@ def test_a_full_disk_pauses_the_run_with_a_clear_error_until_space_is_freed(tmp_
 
 
 def test_live_control_then_an_incompatible_resume_is_refused(tmp_path, cache):
-    run = new_run(tmp_path, "training.num_batches=40", "training.save_interval_steps=0")
-    proc = start(run, cache, hooks={"step_sleep": 0.3})
+    run = new_run(tmp_path, "training.num_batches=40", "training.save_interval_steps=0", reward="slow_letters")
+    proc = start(run, cache)
     wait_for(run, proc, lambda e: e["type"] == "step")
 
     done = cli("ctl", str(run.root), "pause")
@@ -318,8 +315,8 @@ def test_live_control_then_an_incompatible_resume_is_refused(tmp_path, cache):
 
 def test_non_finite_updates_are_skipped_then_pause_and_sigterm_stops_cleanly(tmp_path, cache):
     run = new_run(tmp_path, "training.num_batches=10", "training.save_interval_steps=1",
-                  "training.max_nonfinite_steps=2")
-    proc = start(run, cache, hooks={"nan_steps": [2, 3]})
+                  "training.max_nonfinite_steps=2", reward="overflow_on_steps_2_and_3")
+    proc = start(run, cache)
     paused = wait_for(run, proc, lambda e: e["type"] == "status" and e["status"] == "paused")
     assert "non-finite" in paused["detail"]
     time.sleep(1.0)

@@ -99,7 +99,10 @@ def test_preflight_on_this_machine():
 
 @pytest.mark.slow
 def test_estimate_against_a_fresh_measurement(tmp_path: Path):
-    """Measure the tiny profile's peak with the real engine now (about a minute) and compare."""
+    """Measure the tiny profile's peak with the real engine now (about a minute) and compare. The CPU runtime's own
+    share differs between machines (the same run peaked at 699 MiB on the CI machine and 1010-1077 MiB on the
+    2-core machine the constants were fitted on), so on another machine the estimate must stay on the safe side:
+    never more than a tenth under the peak, and not so cautious that it warns for nothing (at most 1.75 times)."""
     overrides = ["training.num_batches=2", "generation.max_generation_steps=64"] + COMMON
     out = subprocess.run([sys.executable, "-m", "tunix_tui.cli", "--output-dir", str(tmp_path), "run",
                           str(ROOT / "profiles" / "tiny.toml"), *overrides], cwd=ROOT, capture_output=True,
@@ -109,4 +112,4 @@ def test_estimate_against_a_fresh_measurement(tmp_path: Path):
     peaks = [json.loads(line)["memory"][0]["peak"] for line in events.read_text().splitlines()
              if '"type":"step"' in line[:80]]
     est = estimate(load_profile(ROOT / "profiles" / "tiny.toml", overrides), platform="cpu")
-    assert abs(est.peak - max(peaks)) <= 0.25 * max(peaks), (est.peak / 2**20, max(peaks) / 2**20)
+    assert 0.9 * max(peaks) <= est.peak <= 1.75 * max(peaks), (est.peak / 2**20, max(peaks) / 2**20)

@@ -10,10 +10,10 @@ import pytest
 
 from engine.launch import prepare_run
 from engine.protocol import STEP_METRICS, read_events
-from engine.rewards import NamedReward, resolve_rewards
 from engine.train.checkpoints import CheckpointStore
-from engine.train.loop import TestHooks, Trainer
+from engine.train.loop import Trainer
 from engine.train.setup import COMPILE_CACHE_ENV
+from reward_plugins import functions_override
 
 pytestmark = pytest.mark.slow
 
@@ -29,11 +29,10 @@ def test_event_stream_of_a_short_run(tmp_path):
     paths = prepare_run(ROOT / "profiles" / "tiny.toml", [
         "training.num_batches=3", "training.eval_every_n_steps=2", "training.save_interval_steps=2",
         "eval.baseline=true", "eval.num_questions=3", "eval.final_num_questions=5", "grpo.num_iterations=2",
-        "logging.samples_per_step=2", "generation.partial_every=4"], str(tmp_path))
-    letters = NamedReward("letters", lambda p, c, a: [float(sum(ch.islower() for ch in t)) for t in c], 1.0, "letters")
-    rewards = resolve_rewards(["match_format_exactly", "match_format_approximately", "check_answer",
-                               "check_numbers"]) + [letters]   # a reward that varies within groups
-    trainer = Trainer(paths.root, hooks=TestHooks(rewards=rewards), install_signals=False)
+        "logging.samples_per_step=2", "generation.partial_every=4",
+        functions_override("match_format_exactly", "match_format_approximately", "check_answer", "check_numbers",
+                           "plugin:letters")], str(tmp_path))   # a reward that varies within groups
+    trainer = Trainer(paths.root, install_signals=False)
     assert trainer.run() == 0
     events = read_events(paths.events)
     types = [e["type"] for e in events]
@@ -105,17 +104,9 @@ def test_event_stream_of_a_short_run(tmp_path):
 def test_a_reward_function_that_raises_fails_the_run_naming_it_and_keeps_the_work(tmp_path):
     paths = prepare_run(ROOT / "profiles" / "tiny.toml", [
         "training.num_batches=4", "training.eval_every_n_steps=0", "training.save_interval_steps=0",
-        "eval.final=false", "logging.samples_per_step=0"], str(tmp_path))
-    calls = {"n": 0}
-
-    def fragile(prompts, completions, answers):
-        calls["n"] += 1
-        if calls["n"] >= 2:                                 # fine on step 1, raises on step 2
-            raise ZeroDivisionError("boom")
-        return [0.0] * len(completions)
-
-    rewards = resolve_rewards(["match_format_exactly"]) + [NamedReward("fragile", fragile, 1.0, "fragile")]
-    trainer = Trainer(paths.root, hooks=TestHooks(rewards=rewards), install_signals=False)
+        "eval.final=false", "logging.samples_per_step=0",
+        functions_override("match_format_exactly", "plugin:fragile")], str(tmp_path))   # raises from step 2 on
+    trainer = Trainer(paths.root, install_signals=False)
     assert trainer.run() == 1
     events = read_events(paths.events)
     error = [e for e in events if e["type"] == "error"][-1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import types
 
@@ -15,7 +14,7 @@ from engine.protocol import read_events
 from engine.rewards.scoring import RewardScores
 from engine.train.evaluation import evaluate, select
 from engine.train.events import RunLog
-from engine.train.loop import HOOKS_ENV, TestHooks, step_seed
+from engine.train.loop import step_seed
 from engine.train.memory import memory_stats, process_rss
 from engine.train.metrics import length_metrics, mean_update_metrics, reward_metrics, sample_groups
 from engine.train.optim import learning_rate_schedule, make_optimizer, warmup_steps
@@ -206,14 +205,6 @@ def test_runlog_emits_each_status_change_once_and_nulls_nan(tmp_path):
     assert [e.get("phase") for e in events if e["type"] == "status"] == ["rollout", "rewards"]
     assert events[-1]["metrics"]["loss"] is None
     assert seen == ["status", "status", "step"]
-
-
-def test_hooks_from_environment(monkeypatch):
-    monkeypatch.setenv(HOOKS_ENV, json.dumps({"nan_steps": [2, 3], "advantage_sign": -1, "step_sleep": 0.5}))
-    h = TestHooks.from_env()
-    assert h.nan_steps == {2, 3} and h.advantage_sign == -1.0 and h.step_sleep == 0.5
-    monkeypatch.delenv(HOOKS_ENV)
-    assert TestHooks.from_env() == TestHooks()
 
 
 # --- text ---------------------------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ import pytest
 
 from engine.launch import prepare_run
 from engine.protocol import EVENT_TYPES, read_events
-from engine.train.loop import TestHooks, Trainer
+from engine.train.loop import Trainer
 from engine.train.setup import COMPILE_CACHE_ENV
+from reward_plugins import functions_override
 
 pytestmark = pytest.mark.slow
 
@@ -25,8 +26,8 @@ def test_system_alert_and_probe_events(tmp_path: Path):
     paths = prepare_run(ROOT / "profiles" / "tiny.toml", [
         "training.num_batches=3", "training.eval_every_n_steps=2", "training.save_interval_steps=0",
         "eval.final=false", "eval.num_questions=3", "eval.probe_questions=2", "eval.probe_every_n_steps=1",
-        "logging.samples_per_step=0"], str(tmp_path))
-    trainer = Trainer(paths.root, hooks=TestHooks(nan_steps=frozenset({2})), install_signals=False)
+        "logging.samples_per_step=0", functions_override("plugin:overflow_on_step_2")], str(tmp_path))
+    trainer = Trainer(paths.root, install_signals=False)   # step 2's update is not finite
     assert trainer.run() == 0
     events = read_events(paths.events)
 
@@ -47,8 +48,7 @@ def test_system_alert_and_probe_events(tmp_path: Path):
         assert e["split"] == "validation" and e["preset"] == "greedy" and len(e["probes"]) == 2
         assert [p["question"] for p in e["probes"]] == [p["question"] for p in probes[0]["probes"]]
         for p in e["probes"]:
-            assert set(p["rewards"]) == {"match_format_exactly", "match_format_approximately", "check_answer",
-                                         "check_numbers"}
+            assert set(p["rewards"]) == {"overflow_on_step_2"}   # probes score with the run's own rewards
             assert p["total"] == pytest.approx(sum(p["rewards"].values()))
     # at step 2 the probes are the validation evaluation's own first answers
     evaluation = next(e for e in events if e["type"] == "eval" and e["step"] == 2)

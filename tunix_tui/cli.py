@@ -142,6 +142,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return EXIT_OK if args.detach else follow(run, offset=history)  # not the old run's final status
 
 
+ENGINE_EXIT_WAIT_S = 30.0  # how long `follow` waits for the engine to exit after its final status
+
+
 def follow(run_dir: Path, offset: int = 0) -> int:
     """Print one compact line per event of interest until the run ends. Ctrl-C asks the engine to stop
     (it checkpoints first); a second Ctrl-C leaves it running in the background."""
@@ -172,15 +175,23 @@ def follow(run_dir: Path, offset: int = 0) -> int:
                 status = ev.get("status", status)
         return status
 
+    def ended() -> int:
+        """The exit status for the final status, once the engine process is gone (it closes its files after writing
+        it), so that a command run next (a resume) never finds the run still busy."""
+        deadline = time.monotonic() + ENGINE_EXIT_WAIT_S
+        while engine_alive(run_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return EXIT_OK if status in ("finished", "stopped") else EXIT_FAIL
+
     while True:
         if drain() in FINAL_STATUSES:
-            return EXIT_OK if status in ("finished", "stopped") else EXIT_FAIL
+            return ended()
         if time.monotonic() - last_alive_check > 2.0:
             last_alive_check = time.monotonic()
             if not engine_alive(run_dir):
                 time.sleep(0.5)  # the last events may still be on their way
                 if drain() in FINAL_STATUSES:
-                    return EXIT_OK if status in ("finished", "stopped") else EXIT_FAIL
+                    return ended()
                 print(f"the engine process ended without a final status; see {RunPaths(run_dir).log}",
                       file=sys.stderr)
                 return EXIT_FAIL

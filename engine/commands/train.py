@@ -44,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"engine train: cannot lock the run ({exc})", file=sys.stderr)
         return 2
-    from engine.train.loop import TestHooks, Trainer
+    from engine.train.loop import Trainer
     from engine.train.process import setup_logging
 
     setup_logging()
-    return Trainer(run_dir, resume=args.resume, hooks=TestHooks.from_env(), allow_changes=args.allow_changes).run()
+    return Trainer(run_dir, resume=args.resume, allow_changes=args.allow_changes).run()
 
 
 if __name__ == "__main__":

@@ -236,7 +236,6 @@ class CheckpointStore:
         self.max_to_keep = max_to_keep
         self.read_only = read_only
         self._ocp = ocp
-        self.after_write: Callable[[], None] | None = None   # test lever: runs while a save is half written
         self._manager = self._new_manager()
 
     def _new_manager(self) -> Any:
@@ -296,9 +295,8 @@ class CheckpointStore:
                                   opt=ocp.args.StandardSave(flatten_named(opt_state)),
                                   meta=ocp.args.JsonSave(meta))
         try:
-            with self._pause_mid_write():
-                self._manager.save(int(step), args=args, force=True)
-                self._manager.wait_until_finished()
+            self._manager.save(int(step), args=args, force=True)
+            self._manager.wait_until_finished()
         except BaseException as exc:
             self._discard_partial(step)
             if isinstance(exc, Exception) and is_disk_full(exc):
@@ -307,31 +305,6 @@ class CheckpointStore:
             raise
         self._prune(int(step))
         return self.path(step)
-
-    def _pause_mid_write(self) -> Any:
-        """With `after_write` set (tests), call it once the items are written but before the checkpoint is made
-        final, so a test can kill the process in the middle of a save."""
-        import contextlib
-
-        hook = self.after_write
-        handler = getattr(getattr(self._manager, "_checkpointer", None), "_handler", None)
-        if hook is None or handler is None:
-            return contextlib.nullcontext()
-
-        @contextlib.contextmanager
-        def patched():
-            original = handler.save
-
-            def save_then_wait(*args: Any, **kwargs: Any) -> Any:
-                out = original(*args, **kwargs)
-                hook()
-                return out
-            handler.save = save_then_wait
-            try:
-                yield
-            finally:
-                del handler.save
-        return patched()
 
     def _discard_partial(self, step: int) -> None:
         """Remove what an unfinished save of `step` left (orbax's temporary folder), and start a fresh manager: the

@@ -26,29 +26,7 @@ from engine.train.process import Heartbeat, StopSignal
 
 log = logging.getLogger("engine")
 
-HOOKS_ENV = "TUNIX_TUI_TEST_HOOKS"
 STEADY_COMPILE_SECONDS = 0.5   # a step that spent longer compiling is not a steady-state step
-
-
-@dataclass
-class TestHooks:
-    """Test-only levers (never profile keys). From the environment: TUNIX_TUI_TEST_HOOKS='{"nan_steps": [2]}'."""
-    __test__ = False  # not a pytest class
-    advantage_sign: float = 1.0            # -1 teaches the opposite of the rewards (a run that must not learn)
-    nan_steps: frozenset[int] = frozenset()  # steps whose loss is multiplied by NaN
-    step_sleep: float = 0.0                # seconds to wait at the start of each step (control tests)
-    save_sleep: float = 0.0                # seconds to wait inside each checkpoint save, half written (kill tests)
-    rewards: list[Any] | None = None       # NamedReward list replacing the profile's (in-process tests)
-
-    @classmethod
-    def from_env(cls) -> "TestHooks":
-        raw = os.environ.get(HOOKS_ENV, "")
-        if not raw:
-            return cls()
-        data = json.loads(raw)
-        return cls(advantage_sign=float(data.get("advantage_sign", 1.0)),
-                   nan_steps=frozenset(int(s) for s in data.get("nan_steps", ())),
-                   step_sleep=float(data.get("step_sleep", 0.0)), save_sleep=float(data.get("save_sleep", 0.0)))
 
 
 class StopRun(Exception):
@@ -87,12 +65,10 @@ class Timer:
 class Trainer:
     """One training process for one run directory."""
 
-    def __init__(self, run_dir: str | Path, *, resume: bool = False, hooks: TestHooks | None = None,
-                 install_signals: bool = True, heartbeat_interval: float = 2.0, allow_changes: bool = False):
+    def __init__(self, run_dir: str | Path, *, resume: bool = False, install_signals: bool = True, heartbeat_interval: float = 2.0, allow_changes: bool = False):
         self.paths = RunPaths(Path(run_dir))
         self.resume = resume
         self.allow_changes = allow_changes   # resume although the profile changed keys (each is recorded)
-        self.hooks = hooks or TestHooks()
         self.install_signals = install_signals
         self.heartbeat_interval = heartbeat_interval
         self.log = RunLog(self.paths.events)
@@ -108,7 +84,7 @@ class Trainer:
         self._compiling: tuple | None = None   # the program in its first use: (name, step, start, stats, held)
         self.compile_cache: Path | None = None
         self.total_steps = 0
-        self.history: list[dict[str, Any]] = []   # step metrics of this process (tests read them)
+        self.history: list[dict[str, Any]] = []   # step metrics of this process (ETA, plateau, summary)
         # figures of the whole run for its `summary` (kept in checkpoints, so a resumed run continues them)
         self.figures: dict[str, Any] = {"best_reward": None, "best_reward_step": None, "baseline_eval": None,
                                         "final_eval": None, "last_eval": None}
@@ -190,8 +166,6 @@ class Trainer:
         from engine.train.checkpoints import CheckpointStore
 
         self.store = CheckpointStore(self.paths.checkpoints, max_to_keep=profile.training.max_checkpoints_to_keep)
-        if self.hooks.save_sleep:
-            self.store.after_write = lambda: time.sleep(self.hooks.save_sleep)
         self._resume_plan = self._plan_resume() if self.resume else None  # before the slow loading
         resume_step = self._resume_plan.candidates[0] if self._resume_plan else None
         self._load_data(profile)
@@ -262,7 +236,7 @@ class Trainer:
 
         g = p.generation
         self.eos_ids = list(g.eos_tokens)
-        self.rewards = self.hooks.rewards or resolve_rewards(p.rewards.functions, p.rewards.weights or None,
+        self.rewards = resolve_rewards(p.rewards.functions, p.rewards.weights or None,
                                                              base_dir=self.paths.root)
         self.encoder = PromptEncoder.for_profile(self.tokenizer, p)
         self.log.status("loading", detail="tokenizing prompts")
@@ -479,9 +453,6 @@ class Trainer:
         timer = Timer()
         t_step, held_before = time.perf_counter(), self.control.held_seconds
         compiled_before, compile_before = len(self._compiled), COMPILE_STATS.seconds
-        if self.hooks.step_sleep:
-            self._boundary()
-            time.sleep(self.hooks.step_sleep)
 
         # rollout ------------------------------------------------------------------------------------------------
         self._enter("rollout", step, compiles="sampler")
@@ -510,7 +481,7 @@ class Trainer:
         prompts_text = [self.encoder.text(e) for e in examples for _ in range(G)]
         answers = [e.answer for e in examples for _ in range(G)]
         scores = score_all(self.rewards, prompts_text, texts, answers)
-        advantages = self._advantages(scores.total, G, p) * self.hooks.advantage_sign
+        advantages = self._advantages(scores.total, G, p)
         timer.add("rewards", time.perf_counter() - t0)
 
         # reference (and old policy) log-probabilities ----------------------------------------------------------
@@ -535,10 +506,9 @@ class Trainer:
         lora, opt_state, updates = self.state.lora, self.state.opt_state, self.state.updates
         per_iteration = []
         lr = float(self.schedule(updates))
-        poison = float("nan") if step in self.hooks.nan_steps else 1.0
         for _ in range(p.grpo.num_iterations):
             lora, opt_state, m = self.phases.update(lora, opt_state, batch, advantages=advantages,
-                                                    old_logp=old_logp, ref_logp=ref_logp, loss_scale=poison)
+                                                    old_logp=old_logp, ref_logp=ref_logp)
             per_iteration.append(m)
             updates += int(m["finite"] >= 0.5)
         from flax import nnx

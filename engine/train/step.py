@@ -220,7 +220,7 @@ class Phases:
         return logp
 
     def _loss(self, lora: Any, base: Any, batch: tuple, old_logp: jax.Array | None, ref_logp: jax.Array | None,
-              advantages: jax.Array, loss_scale: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+              advantages: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         s = self.settings
         model = nnx.merge(self.graphdef, lora, base)
         prompt_tokens, prompt_valid, completion, mask = batch
@@ -231,13 +231,13 @@ class Phases:
                                   epsilon=s.epsilon, epsilon_high=s.epsilon_high, kl_estimator=s.kl_estimator,
                                   loss_agg=s.loss_agg, max_len=s.max_len)
         metrics["entropy"] = (entropy * mask).sum() / jnp.maximum(mask.sum(), 1.0)
-        return loss * loss_scale, metrics
+        return loss, metrics
 
     def _update_impl(self, lora: Any, opt_state: Any, base: Any, batch: tuple, old_logp: jax.Array | None,
-                     ref_logp: jax.Array | None, advantages: jax.Array, loss_scale: jax.Array) -> tuple:
+                     ref_logp: jax.Array | None, advantages: jax.Array) -> tuple:
         grad_fn = jax.grad(self._loss, has_aux=True)
-        grads, metrics = grad_fn(lora, base, batch, old_logp, ref_logp, advantages, loss_scale)
-        loss = metrics["loss"] * loss_scale
+        grads, metrics = grad_fn(lora, base, batch, old_logp, ref_logp, advantages)
+        loss = metrics["loss"]
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt = self.optimizer.update(grads, opt_state, lora)
@@ -260,13 +260,12 @@ class Phases:
         return np.asarray(self._logprobs(self.zero_lora, self.base, *batch.arrays()))
 
     def update(self, lora: Any, opt_state: Any, batch: SequenceBatch, *, advantages: np.ndarray,
-               old_logp: np.ndarray | None, ref_logp: np.ndarray | None,
-               loss_scale: float = 1.0) -> tuple[Any, Any, dict[str, float]]:
+               old_logp: np.ndarray | None, ref_logp: np.ndarray | None) -> tuple[Any, Any, dict[str, float]]:
         """One optimizer update; returns (adapters, optimizer state, metrics as floats incl. `finite` 0/1)."""
         new_lora, new_opt, metrics = self._update(
             lora, opt_state, self.base, tuple(jnp.asarray(a) for a in batch.arrays()),
             None if old_logp is None else jnp.asarray(old_logp),
             None if ref_logp is None else jnp.asarray(ref_logp),
-            jnp.asarray(advantages, jnp.float32), jnp.asarray(loss_scale, jnp.float32))
+            jnp.asarray(advantages, jnp.float32))
         host = {k: float(v) for k, v in jax.device_get(metrics).items()}
         return new_lora, new_opt, host
