@@ -146,7 +146,7 @@ async def test_the_console_lists_a_sweeps_runs_together_with_their_swept_values(
 
     from tunix_tui.app import TunixApp
     from tunix_tui.core.catalog import RunCatalog
-    from tunix_tui.testing import screen_text, wait_until
+    from screen import screen_text, wait_until
 
     runs = tmp_path / "runs"
     fixed, axes = parse_grid(["grpo.beta=0.0,0.04"])

@@ -21,7 +21,7 @@ from tunix_tui.screens.dashboard import DashboardScreen
 from tunix_tui.screens.dialogs import ConfirmScreen, PromptScreen
 from tunix_tui.screens.editor import EditorScreen, FieldRow
 from tunix_tui.screens.home import HomeScreen
-from tunix_tui.testing import screen_text, wait_until
+from screen import screen_text, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.anyio

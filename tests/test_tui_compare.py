@@ -14,7 +14,7 @@ from test_tui_app import make_app
 from tunix_tui.core import curves as C
 from tunix_tui.screens.compare import CompareChart, CompareScreen, parse_range
 from tunix_tui.screens.home import HomeScreen
-from tunix_tui.testing import screen_text, wait_until
+from screen import screen_text, wait_until
 from tunix_tui.widgets.chart import Chart
 
 pytestmark = pytest.mark.anyio
@@ -254,3 +254,90 @@ async def test_long_runs_are_drawn_from_a_preview_then_in_full(tmp_path: Path, m
         assert screen.first_draw_seconds <= screen.load_seconds
         assert [len(c.steps) for c in screen.curves] == [200, 200, 200]
         assert len(list((tmp_path / "cache").glob("*.curves"))) == 3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a sweep's runs
+
+
+def sweep_of_three(tmp_path: Path) -> tuple[Any, list[Path], Path]:
+    """A sweep of four combinations, three of them started (the last still pending), and a run of its own that
+    started after them."""
+    from tunix_tui.sweep import create_sweep, parse_grid
+
+    runs = tmp_path / "runs"
+    fixed, axes = parse_grid(["grpo.beta=0.0,0.04", "optimizer.learning_rate=1e-4,1e-3"])
+    sweep = create_sweep(Path(__file__).resolve().parent.parent / "profiles" / "tiny.toml", fixed, axes, runs)
+    started = []
+    for i, item in enumerate(sweep.items[:3]):
+        beta, lr = (o.partition("=")[2] for o in item["overrides"])
+        profile = TINY_PROFILE.replace("num_generations = 4", f"num_generations = 4\nbeta = {beta}").replace(
+            "learning_rate = 1e-3", f"learning_rate = {lr}")
+        eng = FakeEngine.create(runs, f"2026010{i + 1}-120000-tiny-{i + 1}", profile_toml=profile,
+                                clock=lambda i=i: T0 + 100 * i)
+        eng.started(5)
+        for s in range(1, 6):
+            eng.step(s, 5, reward_mean=1.0 + i + 0.1 * s)
+        eng.status("finished", step=5)
+        # the queue holds the path as the runner saw it: relative to where the sweep was started
+        item["run"], item["status"] = f"runs/{eng.paths.root.name}", "finished"
+        started.append(eng.paths.root)
+    sweep.save()
+    alone = FakeEngine.create(runs, "20260109-120000-alone", clock=lambda: T0 + 1000)
+    alone.started(5)
+    alone.status("finished", step=0)
+    return sweep, started, alone.paths.root
+
+
+async def test_s_on_a_sweeps_run_compares_the_sweep_named_by_its_swept_values(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TUNIX_TUI_CACHE", str(tmp_path / "cache"))
+    sweep, started, alone = sweep_of_three(tmp_path)
+    app = make_app(tmp_path)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, HomeScreen) and len(app.screen.runs) == 4)
+        home = app.screen
+        assert [r.summary.path.name for r in home.runs][0] == alone.name   # the newest first, then the sweep
+        home.query_one("#runs").focus()
+        await pilot.press("s")
+        await wait_until(pilot, lambda: any("not part of a sweep" in n.message for n in app._notifications))
+        await pilot.press("down", "down")
+        await wait_until(pilot, lambda: "s compares its runs" in screen_text(app) or print(screen_text(app)), 2)
+        await pilot.press("s")
+        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.loaded
+                         and app.screen.draws > 0, timeout=30)
+        screen = app.screen
+        assert screen.run_dirs == started   # every started run of the sweep, in queue order, and nothing else
+        legend = str(screen.query_one("#cmp-legend").render())
+        assert legend.split("● ")[1:] == ["grpo.beta=0.0 optimizer.learning_rate=1e-4  ",
+                                          "grpo.beta=0.0 optimizer.learning_rate=1e-3  ",
+                                          "grpo.beta=0.04 optimizer.learning_rate=1e-4"]
+        text = screen_text(app)
+        assert f"Sweep {sweep.sweep_id}: 3 of 4 runs (the others have not started) over grpo.beta, " \
+               "optimizer.learning_rate" in text
+        assert alone.name not in text
+        assert screen.diff_keys[:2] == ["grpo.beta", "optimizer.learning_rate"] or \
+            {"grpo.beta", "optimizer.learning_rate"} <= set(screen.diff_keys)
+        assert len(first_chart(screen)[1]) == 3
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: isinstance(app.screen, HomeScreen))
+
+        # marking runs of one sweep names them by their swept values too
+        await pilot.press("space", "down", "space", "c")
+        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.loaded, timeout=30)
+        assert app.screen.legend == [["grpo.beta=0.0", "optimizer.learning_rate=1e-4"],
+                                     ["grpo.beta=0.0", "optimizer.learning_rate=1e-3"]]
+
+
+def test_a_sweeps_legend_shortens_its_keys_then_goes_one_a_line(tmp_path: Path):
+    runs = [tmp_path / f"2026010{i}-120000-tiny-{i}" for i in (1, 2, 3)]
+    legend = [["grpo.beta=0.0", "optimizer.learning_rate=1e-4"], ["grpo.beta=0.04", "optimizer.learning_rate=1e-4"],
+              ["grpo.beta=0.08", "optimizer.learning_rate=1e-3"]]
+    screen = CompareScreen(runs, cache_dir=None, legend=legend)
+    assert screen.legend_names(160) == ([" ".join(items) for items in legend], False)
+    assert screen.legend_names(110) == (["beta=0.0 learning_rate=1e-4", "beta=0.04 learning_rate=1e-4",
+                                         "beta=0.08 learning_rate=1e-3"], False)
+    assert screen.legend_names(60)[1] is True
+    plain = CompareScreen(runs, cache_dir=None)   # without a legend: the run ids, as before
+    assert plain.legend_names(160) == ([p.name for p in runs], False)
+    assert plain.legend_names(20)[0] == ["tiny-1", "tiny-2", "tiny-3"]

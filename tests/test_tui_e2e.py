@@ -15,7 +15,7 @@ from engine.protocol import engine_alive, read_events, summarize_run
 from tunix_tui.app import TunixApp
 from tunix_tui.screens.dashboard import DashboardScreen
 from tunix_tui.screens.dialogs import ConfirmScreen
-from tunix_tui.testing import screen_text, wait_until
+from screen import screen_text, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

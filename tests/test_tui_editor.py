@@ -22,7 +22,7 @@ from tunix_tui.app import TunixApp
 from tunix_tui.core.form import ProfileForm
 from tunix_tui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen, TextScreen
 from tunix_tui.screens.editor import EditorScreen
-from tunix_tui.testing import screen_text, wait_until
+from screen import screen_text, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ import engine.preflight
 from test_tui_app import make_app
 from tunix_tui.screens.dialogs import ConfirmScreen
 from tunix_tui.screens.editor import EditorScreen
-from tunix_tui.testing import screen_text, wait_until
+from screen import screen_text, wait_until
 
 pytestmark = pytest.mark.anyio
 GB = 1 << 30

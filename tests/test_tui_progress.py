@@ -19,7 +19,7 @@ from tunix_tui.core.runstate import NOTICE_TTL, RunState
 from tunix_tui.progress import format_step
 from tunix_tui.screens.dashboard import DashboardScreen
 from tunix_tui.screens.dialogs import TextScreen
-from tunix_tui.testing import screen_text, wait_until
+from screen import screen_text, wait_until
 
 pytestmark = pytest.mark.anyio
 T0 = 1_767_323_045.0

@@ -16,7 +16,7 @@ from tunix_tui.app import TunixApp
 from tunix_tui.screens.dashboard import DashboardScreen
 from tunix_tui.screens.editor import EditorScreen
 from tunix_tui.screens.home import HomeScreen
-from tunix_tui.testing import wait_until
+from screen import wait_until
 
 T0 = 1_767_323_045.0  # 2026-01-02 03:04:05 UTC
 SIZES = [(80, 24), (160, 48)]

@@ -12,7 +12,7 @@ from fake_engine import FakeEngine
 from test_tui_app import drawn, live_run, make_app
 from tunix_tui.screens.dashboard import DashboardScreen
 from tunix_tui.screens.paneview import PaneScreen
-from tunix_tui.testing import screen_text, wait_until
+from screen import screen_text, wait_until
 
 pytestmark = pytest.mark.anyio
 

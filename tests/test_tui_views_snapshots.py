@@ -18,7 +18,7 @@ from tunix_tui.screens.compare import CompareScreen
 from tunix_tui.screens.dashboard import DashboardScreen
 from tunix_tui.screens.home import HomeScreen
 from tunix_tui.screens.paneview import PaneScreen
-from tunix_tui.testing import wait_until
+from screen import wait_until
 
 VIEWS = {"6": "alerts", "7": "probes", "8": "config", "9": "host"}
 
