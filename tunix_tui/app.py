@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -68,7 +67,6 @@ class TunixApp(App[None]):
     def on_mount(self) -> None:
         from tunix_tui.screens.home import HomeScreen
         self.theme = self.initial_theme
-        self.theme_changed_signal.subscribe(self, self._theme_changed)
         self._install_hangup()
         self.push_screen(HomeScreen())
         if self.attach is not None:
@@ -136,12 +134,6 @@ class TunixApp(App[None]):
     def get_line_filters(self) -> Sequence[LineFilter]:
         return [*super().get_line_filters(), self._readable_dim]  # "dim" text stays readable (tunix_tui/theme.py)
 
-    def _theme_changed(self, theme: Any) -> None:
-        for screen in self.screen_stack:  # colours are resolved when drawing: draw again
-            if hasattr(screen, "redraw"):
-                screen._force = True  # type: ignore[attr-defined]
-                screen.redraw()  # type: ignore[attr-defined]
-
     async def action_quit(self) -> None:
         live = [p for p in dict.fromkeys(self.opened) if engine_alive(p)]
         message = None
@@ -152,9 +144,9 @@ class TunixApp(App[None]):
 
     def exit(self, result: Any = None, return_code: int = 0, message: Any = None) -> None:
         for screen in self.screen_stack:  # let follower threads finish promptly
-            stop = getattr(screen, "_stop", None)
-            if isinstance(stop, threading.Event):
-                stop.set()
+            stop_following = getattr(screen, "stop_following", None)
+            if callable(stop_following):
+                stop_following()
         super().exit(result, return_code, message)
 
     def _install_hangup(self) -> None:

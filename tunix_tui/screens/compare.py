@@ -199,6 +199,7 @@ class CompareScreen(Screen):
         self._diff()
         self.run_worker(self._load, thread=True, exclusive=True, group="compare-load", exit_on_error=False)
         self.set_interval(self.follow_every, self._follow)
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self.redraw())
 
     def _load(self) -> None:
         """Worker thread: runs in the cache at once; long ones not in it first as a preview (every so many steps),

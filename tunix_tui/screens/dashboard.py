@@ -142,6 +142,7 @@ class DashboardScreen(Screen):
         self.run_worker(self._follow, thread=True, exclusive=True, group="follow", exit_on_error=False,
                         name=f"follow {self.run_dir.name}")
         self.set_interval(self.app.redraw_interval, self.redraw)
+        self.app.theme_changed_signal.subscribe(self, self.redraw_all)
 
     def _redraw_now(self) -> None:
         """From the following thread: a whole new state (the full history) is in, draw it without waiting for
@@ -152,6 +153,10 @@ class DashboardScreen(Screen):
             pass
 
     def on_unmount(self) -> None:
+        self.stop_following()
+
+    def stop_following(self) -> None:
+        """End the following thread (it saves the run's folded history for the next console first)."""
         self._stop.set()
 
     def _follow(self) -> None:
@@ -208,6 +213,11 @@ class DashboardScreen(Screen):
     def caught_up(self) -> bool:
         """The whole stream has been read and drawn."""
         return self.follower.caught_up and self.drawn_version == self.follower.state.version
+
+    def redraw_all(self, _theme: object = None) -> None:
+        """Draw every part again (colours are resolved when drawing, so a new theme needs it)."""
+        self._force = True
+        self.redraw()
 
     def redraw(self) -> None:
         """Draw the parts that changed since the last call (called by the timer and after layout changes)."""

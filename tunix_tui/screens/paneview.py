@@ -31,7 +31,7 @@ class PaneScreen(Screen):
         self.follower = dashboard.follower  # panes read their lock from their screen's follower
         self.pane = pane
         self._drawn = -1
-        self._force = True  # the app sets it when the theme changes
+        self._force = True
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="pane-header")
@@ -41,6 +41,12 @@ class PaneScreen(Screen):
     def on_mount(self) -> None:
         self.set_interval(self.app.redraw_interval * 2, self.redraw)
         self.call_after_refresh(self.redraw)
+        self.app.theme_changed_signal.subscribe(self, self.redraw_all)
+
+    def redraw_all(self, _theme: object = None) -> None:
+        """Draw everything again (colours are resolved when drawing, so a new theme needs it)."""
+        self._force = True
+        self.redraw()
 
     def redraw(self) -> None:
         """Draw again when the run state changed (the dashboard consumes the change marks, so follow versions)."""
