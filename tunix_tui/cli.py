@@ -8,6 +8,7 @@ the work to the engine's own process; the others (validate, ls, ctl) use only th
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from engine.protocol import (COMMANDS, FINAL_STATUSES, EventReader, RunAccessErr
                              list_runs, owner_name, send_command)
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
+EXIT_HANGUP = 128 + signal.SIGHUP  # the terminal went away (what a shell reports for a process ended by SIGHUP)
 
 
 def _fail(msg: str, code: int = EXIT_INPUT) -> int:
@@ -366,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     except RunAccessError as exc:  # another user's run
         return _fail(str(exc))
     except OSError as exc:  # a full disk, a folder we may not write: a sentence, not a traceback
+        if exc.errno == errno.EIO:  # the terminal hung up while we wrote to it: end as SIGHUP would, silently
+            os._exit(EXIT_HANGUP)
         return _fail(f"{exc}", EXIT_FAIL)
 
 
