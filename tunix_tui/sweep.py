@@ -219,8 +219,8 @@ def list_sweep_dirs(output_dir: str | os.PathLike) -> list[Path]:
         return []
 
 
-def sweep_of_runs(output_dir: str | os.PathLike) -> dict[str, tuple[str, str]]:
-    """Run directory name -> (sweep id, legend of its swept values), for grouping runs by sweep."""
+def sweep_members(output_dir: str | os.PathLike) -> dict[str, tuple[str, list[str]]]:
+    """Run directory name -> (sweep id, its swept overrides), for grouping runs by sweep."""
     out = {}
     for d in list_sweep_dirs(output_dir):
         try:
@@ -229,7 +229,27 @@ def sweep_of_runs(output_dir: str | os.PathLike) -> dict[str, tuple[str, str]]:
             continue
         for item in sweep.items:
             if item.get("run"):
-                out[Path(item["run"]).name] = (sweep.sweep_id, label(item["overrides"]))
+                out[Path(item["run"]).name] = (sweep.sweep_id, list(item["overrides"]))
+    return out
+
+
+def sweep_of_runs(output_dir: str | os.PathLike) -> dict[str, tuple[str, str]]:
+    """Run directory name -> (sweep id, legend of its swept values), for grouping runs by sweep."""
+    return {name: (sweep_id, label(overrides)) for name, (sweep_id, overrides) in sweep_members(output_dir).items()}
+
+
+def sweep_runs(sweep: Sweep) -> list[tuple[Path, list[str]]]:
+    """The sweep's runs that have started, in queue order: (run directory, its swept overrides). A run is looked
+    for beside the sweep folder first (the queue may hold a path relative to where the sweep was started)."""
+    out = []
+    for item in sweep.items:
+        if not item.get("run"):
+            continue
+        run = Path(item["run"])
+        beside = sweep.output_dir / run.name
+        run = beside if (beside / "profile.toml").is_file() else run
+        if (run / "profile.toml").is_file():
+            out.append((run, list(item["overrides"])))
     return out
 
 

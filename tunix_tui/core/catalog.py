@@ -76,6 +76,7 @@ class RunRow:
     elapsed: float
     sweep: str = ""        # the sweep (tunix_tui/sweep.py) the run belongs to, if any
     sweep_label: str = ""  # its swept values, e.g. `beta=0.04 learning_rate=1e-6`
+    sweep_overrides: tuple[str, ...] = ()  # the same in full: `grpo.beta=0.04`, `optimizer.learning_rate=1e-6`
 
     @property
     def run_id(self) -> str:
@@ -142,9 +143,9 @@ class RunCatalog:
 
 def group_sweeps(rows: list[RunRow], runs_dir: Path) -> list[RunRow]:
     """Mark the runs of each sweep and list them together, in queue order, where the sweep's newest run is."""
-    from tunix_tui.sweep import sweep_of_runs
+    from tunix_tui.sweep import label, sweep_members
 
-    members = sweep_of_runs(runs_dir)
+    members = sweep_members(runs_dir)
     if not members:
         return rows
     order = {name: i for i, name in enumerate(members)}
@@ -155,7 +156,8 @@ def group_sweeps(rows: list[RunRow], runs_dir: Path) -> list[RunRow]:
         if found is None:
             out.append(row)
             continue
-        row.sweep, row.sweep_label = found
+        row.sweep, overrides = found
+        row.sweep_label, row.sweep_overrides = label(overrides), tuple(overrides)
         if row.sweep not in groups:
             groups[row.sweep] = []
             out.append(row.sweep)

@@ -1,6 +1,7 @@
 """Comparing runs: their curves overlaid, one colour per run, beside the keys their profiles set differently.
 
-Opened from home with two or more runs marked (space marks, c compares). The x axis is the step, the wall time
+Opened from home with two or more runs marked (space marks, c compares), or over a sweep's runs (s on one of
+them), each run then named in the legend by its swept values (`grpo.beta=0.04 optimizer.learning_rate=1e-4`). The x axis is the step, the wall time
 since each run's first step, or the tokens generated so far; curves can be EMA-smoothed, drawn on a log scale and
 zoomed to a step range. The runs load in processes of their own (a core each) into a cache of curves, so opening
 the same runs again is quick; live runs are followed every couple of seconds. Each chart column shows the mean of
@@ -107,6 +108,11 @@ def short_name(run_id: str) -> str:
     return parts[2] if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit() and parts[2] else run_id
 
 
+def short_legend(items: list[str]) -> str:
+    """`grpo.beta=0.04 optimizer.learning_rate=1e-4` -> `beta=0.04 learning_rate=1e-4` (keys without sections)."""
+    return " ".join(f"{k.rsplit('.', 1)[-1]}{sep}{v}" for k, sep, v in (item.partition("=") for item in items))
+
+
 class CompareChart(Vertical):
     """One metric of every run: a title with each run's latest value, the chart, the x axis."""
     DEFAULT_CSS = """
@@ -154,9 +160,14 @@ class CompareScreen(Screen):
     CompareScreen #cmp-diff-box.-full { width: 1fr; border-left: none; }
     """
 
-    def __init__(self, run_dirs: list[Path], *, cache_dir: Path | None | str = "user", follow_every: float = 2.0):
+    def __init__(self, run_dirs: list[Path], *, cache_dir: Path | None | str = "user", follow_every: float = 2.0,
+                 legend: list[list[str]] | None = None, heading: str = ""):
+        """`legend`: per run, the `key=value` items that name it in the legend (a sweep's swept values) instead of
+        its run id; `heading`: what the title line says is compared (default: `Comparing N runs`)."""
         super().__init__()
         self.run_dirs = [Path(p) for p in run_dirs]
+        self.legend = [list(items) for items in legend] if legend and len(legend) == len(self.run_dirs) else None
+        self.heading = heading or f"Comparing {len(self.run_dirs)} runs"
         self.cache_dir = C.default_dir() if cache_dir == "user" else cache_dir
         self.follow_every = follow_every
         self.curves: list[C.RunCurves] = []
@@ -193,8 +204,7 @@ class CompareScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one("#cmp-title").styles.height = 1  # one line (inline styles win over the app's stylesheet)
-        self.query_one("#cmp-title", TextBox).set(Text(f"Comparing {len(self.run_dirs)} runs: loading…",
-                                                       style="bold"))
+        self.query_one("#cmp-title", TextBox).set(Text(f"{self.heading}: loading…", style="bold"))
         self._legend()
         self._diff()
         self.run_worker(self._load, thread=True, exclusive=True, group="compare-load", exit_on_error=False)
@@ -261,6 +271,7 @@ class CompareScreen(Screen):
         self.run_worker(work, thread=True, group="compare-follow", exit_on_error=False)
 
     def on_resize(self, event: events.Resize) -> None:
+        self._legend()
         self.call_after_refresh(self._arrange)
 
     # -- drawing -------------------------------------------------------------------------------------------------
@@ -268,20 +279,31 @@ class CompareScreen(Screen):
     def color(self, i: int) -> str:
         return resolve(RUN_COLORS[i % len(RUN_COLORS)], self.app.theme_variables) or "bold"
 
+    def legend_names(self, width: int) -> tuple[list[str], bool]:
+        """What names each run in the legend, and whether they go one a line: run ids (without their date when
+        that fits better), or the given `key=value` items, with the keys' sections left out when too wide."""
+        def fits(names: list[str]) -> bool:
+            return sum(len(n) + 4 for n in names) <= width - 2
+        if self.legend is None:
+            names = [p.name for p in self.run_dirs]
+            return (names if fits(names) else [short_name(n) for n in names]), False
+        names = [" ".join(self.legend[i]) or short_name(p.name) for i, p in enumerate(self.run_dirs)]
+        if not fits(names):
+            names = [short_legend(self.legend[i]) or short_name(p.name) for i, p in enumerate(self.run_dirs)]
+        return names, not fits(names)
+
     def _legend(self) -> None:
         t = Text()
-        names = [p.name for p in self.run_dirs]
-        width = self.app.size.width
-        if sum(len(n) + 4 for n in names) > width - 2:
-            names = [short_name(n) for n in names]
+        names, one_a_line = self.legend_names(self.app.size.width)
+        gap = "\n" if one_a_line else "  "
         for i, name in enumerate(names):
             t.append("● ", style=self.color(i))
-            t.append(printable(name) + ("  " if i < len(names) - 1 else ""), style="bold")
+            t.append(printable(name) + (gap if i < len(names) - 1 else ""), style="bold")
         self.query_one("#cmp-legend", TextBox).set(t)
 
     def _title(self) -> None:
         t = Text(no_wrap=True, overflow="ellipsis")
-        t.append(f"Comparing {len(self.run_dirs)} runs", style="bold")
+        t.append(self.heading, style="bold")
         if not self.loaded:
             t.append(": loading…")
         else:

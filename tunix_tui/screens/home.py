@@ -32,6 +32,7 @@ Home keys
   r          resume the highlighted run (stopped, failed or dead) from its checkpoint
   d, delete  delete the highlighted run (asks first; a live run must be stopped first)
   space      mark / unmark the highlighted run;  c  compare the marked runs (curves overlaid, config diff)
+  s          compare the highlighted run's sweep: all its runs, each named by its swept values
   f5         refresh the lists
   ctrl+p     command palette
   f10        light / dark theme
@@ -51,6 +52,7 @@ class HomeScreen(Screen):
         Binding("f5", "refresh", "Refresh"),
         Binding("space", "mark", "Mark", show=False),
         Binding("c", "compare", "Compare"),
+        Binding("s", "compare_sweep", "Compare sweep", show=False),
         Binding("question_mark,f1", "help", "Help"),
         Binding("q", "app.quit", "Quit"),
     ]
@@ -182,7 +184,7 @@ class HomeScreen(Screen):
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append(s.run_id, style="bold")
         if run.sweep:
-            t.append(f"  sweep {run.sweep}: {run.sweep_label}", style="dim")
+            t.append(f"  s compares its sweep's runs ({run.sweep})", style="dim")
         if s.error:
             t.append(f"  {printable(s.error)}", style="red")
         elif run.can_resume:
@@ -290,7 +292,38 @@ class HomeScreen(Screen):
         if len(self.marked) < 2:
             self.notify("mark two or more runs with space, then press c", severity="warning")
             return
-        self.app.push_screen(CompareScreen(list(self.marked)))
+        rows = {r.summary.path: r for r in self.runs}
+        marked = [rows[p] for p in self.marked]
+        same_sweep = len({r.sweep for r in marked}) == 1 and marked[0].sweep
+        legend = [list(r.sweep_overrides) for r in marked] if same_sweep else None
+        self.app.push_screen(CompareScreen(list(self.marked), legend=legend))
+
+    def action_compare_sweep(self) -> None:
+        """Compare every run of the highlighted run's sweep, each named in the legend by its swept values."""
+        from tunix_tui.screens.compare import CompareScreen
+        from tunix_tui.sweep import Sweep, sweep_runs
+
+        run = self._current_run()
+        if run is None or not run.sweep:
+            self.notify("the highlighted run is not part of a sweep (start one with tunix-tui run PROFILE "
+                        "key=a,b … --sweep)", severity="warning")
+            return
+        try:
+            sweep = Sweep.load(self.app.runs_dir / run.sweep)
+            members = sweep_runs(sweep)
+        except (OSError, ValueError, KeyError) as exc:
+            self.notify(f"cannot read sweep {run.sweep}: {exc}", severity="error")
+            return
+        if len(members) < 2:
+            self.notify(f"sweep {sweep.sweep_id} has {len(members)} run{'s' if members else ''} started so far: "
+                        "nothing to compare yet", severity="warning")
+            return
+        keys = ", ".join(sweep.spec.get("keys", []))
+        count = f"{len(members)} runs" if len(members) == len(sweep.items) else \
+            f"{len(members)} of {len(sweep.items)} runs (the others have not started)"
+        heading = f"Sweep {sweep.sweep_id}: {count}" + (f" over {keys}" if keys else "")
+        self.app.push_screen(CompareScreen([p for p, _ in members], legend=[o for _, o in members],
+                                           heading=heading))
 
     def action_refresh(self) -> None:
         self.load_profiles()
@@ -308,7 +341,9 @@ class HomeScreen(Screen):
                 ("Delete the highlighted run", "asks first", "delete"), ("Refresh the lists", "", "refresh"),
                 ("Home help", "keys of this screen", "help"),
                 ("Mark the highlighted run", "for comparing", "mark"),
-                ("Compare the marked runs", "curves overlaid and their config diff", "compare")]
+                ("Compare the marked runs", "curves overlaid and their config diff", "compare"),
+                ("Compare the highlighted run's sweep", "every run of it, named by its swept values",
+                 "compare_sweep")]
 
 
 def _home_relative(path: Path) -> str:
