@@ -17,6 +17,7 @@ import fake_engine
 from engine.profile_io import load_profile
 from fake_engine import FakeEngine
 from tunix_tui.app import TunixApp
+from tunix_tui.keys import own_bindings, palette_entries
 from tunix_tui.screens.dashboard import DashboardScreen
 from tunix_tui.screens.dialogs import ConfirmScreen, PromptScreen
 from tunix_tui.screens.editor import EditorScreen, FieldRow
@@ -353,7 +354,7 @@ async def test_command_palette_runs_dashboard_actions(tmp_path: Path):
     app = make_app(tmp_path, attach=eng.paths.root)
     async with app.run_test(size=(100, 30)) as pilot:
         await drawn(pilot, app, lambda s: s.alive)
-        names = [name for name, _, _ in dash(app).palette_actions()]
+        names = [name for name, _, _ in palette_entries(dash(app), own_bindings(dash(app)))]
         assert "Checkpoint now" in names and "Stop the run" in names and "Resume the run from its checkpoint" \
             not in names
         await pilot.press("ctrl+p")

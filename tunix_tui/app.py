@@ -36,8 +36,9 @@ class TunixApp(App[None]):
     COMMANDS = App.COMMANDS | {ScreenActions}
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
     BINDINGS = [
-        Binding("ctrl+q", "quit", "Quit", priority=True, show=False),
-        Binding("f10", "toggle_theme", "Theme", show=False),
+        Binding("ctrl+q", "quit", "Quit", priority=True, show=False,
+                tooltip="Quit the console: running engines keep running", id="app.quit"),
+        Binding("f10", "toggle_theme", "Theme", show=False, tooltip="Toggle light / dark theme", id="app.theme"),
     ]
 
     def __init__(self, profiles_dir: Path = Path("profiles"), runs_dir: Path = Path("runs"),

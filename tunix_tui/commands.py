@@ -1,4 +1,4 @@
-"""Command palette provider: the current screen's actions (the same ones its keys run)."""
+"""Command palette provider: the current screen's key bindings and the app's, by name (tunix_tui/keys.py)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,16 @@ from functools import partial
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
+from tunix_tui.keys import own_bindings, palette_entries
+
 
 class ScreenActions(Provider):
-    """Offers `palette_actions()` of the screen the palette was opened over."""
+    """Offers the actions the keys of the screen the palette was opened over run now, and the app's."""
 
     def _entries(self) -> list[tuple[str, str, str]]:
-        entries = getattr(self.screen, "palette_actions", None)
-        out = list(entries()) if callable(entries) else []
-        out.append(("Toggle light / dark theme", "f10", "app.toggle_theme"))
-        return out
+        app = self.app
+        return palette_entries(self.screen, own_bindings(self.screen)) + [
+            (name, help_, f"app.{action}") for name, help_, action in palette_entries(app, own_bindings(app))]
 
     async def _run(self, action: str) -> None:
         await self.screen.run_action(action)

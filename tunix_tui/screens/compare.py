@@ -28,6 +28,7 @@ from engine.protocol import engine_alive
 from tunix_tui.core import curves as C
 from tunix_tui.core.configdiff import MISSING, defaults, differing, run_config, show
 from tunix_tui.core.text import pct, printable, short
+from tunix_tui.keys import help_text, own_bindings
 from tunix_tui.screens.dialogs import PromptScreen, TextScreen
 from tunix_tui.widgets.chart import AXIS_WIDTH, Chart, Series, axis_num
 from tunix_tui.widgets.header import resolve
@@ -44,17 +45,7 @@ LABELS = {"reward_mean": "reward (total)", "kl": "KL", "loss": "loss", "entropy"
 WIDE = 140  # columns from which the config diff sits beside the charts
 CHART_ROWS = 9  # lines a chart needs (title and x axis included)
 
-HELP = """\
-Compare runs
-
-  x          x axis: step, wall time since each run's first step, tokens generated
-  s / S      more / less EMA smoothing (0, 0.6, 0.8, 0.9, 0.95, 0.99; debiased at the start, like W&B's)
-  l          logarithmic y axis (values <= 0 are left out)
-  z          zoom to a step range (e.g. 1000-5000); Z shows every step again
-  m / M      next / previous page of metrics
-  d          the config diff instead of the charts (narrow terminals; wide ones show both)
-  escape, b  back to the run list
-
+NOTES = """\
 Each chart column is the mean of the steps that fall in it (after smoothing), so long runs read as lines. The
 config diff lists only the keys whose values are not the same in every run (a key a profile lacks counts as its
 default). Runs that are still training are followed.
@@ -139,17 +130,20 @@ class CompareScreen(Screen):
     """Several runs' curves overlaid, and their config diff."""
 
     BINDINGS = [
-        Binding("x", "axis", "X axis"),
-        Binding("s", "smooth(1)", "Smoother"),
-        Binding("S", "smooth(-1)", "Less smooth", show=False),
-        Binding("l", "log", "Log y"),
-        Binding("z", "zoom", "Zoom"),
-        Binding("Z", "unzoom", "All steps", show=False),
-        Binding("m", "page(1)", "More"),
-        Binding("M", "page(-1)", "Back a page", show=False),
-        Binding("d", "diff", "Config diff"),
-        Binding("escape,b", "back", "Back"),
-        Binding("question_mark,f1", "help", "Help"),
+        Binding("x", "axis", "X axis", tooltip="Switch the x axis: step, wall time since each run's first step, tokens "
+                "generated", id="compare.axis"),
+        Binding("s", "smooth(1)", "Smoother", tooltip="More smoothing: EMA 0, 0.6, 0.8, 0.9, 0.95, 0.99, debiased at "
+                "the start like W&B's", id="compare.smooth-more"),
+        Binding("S", "smooth(-1)", "Less smooth", show=False, tooltip="Less smoothing", id="compare.smooth-less"),
+        Binding("l", "log", "Log y", tooltip="Toggle log-y: values <= 0 are left out", id="compare.log"),
+        Binding("z", "zoom", "Zoom", tooltip="Zoom to a step range: e.g. 1000-5000", id="compare.zoom"),
+        Binding("Z", "unzoom", "All steps", show=False, tooltip="Show every step", id="compare.unzoom"),
+        Binding("m", "page(1)", "More", tooltip="Next page of metrics", id="compare.page-more"),
+        Binding("M", "page(-1)", "Back a page", show=False, tooltip="Previous page of metrics", id="compare.page-less"),
+        Binding("d", "diff", "Config diff", tooltip="Toggle the config diff: instead of the charts on narrow terminals "
+                "(wide ones show both)", id="compare.diff"),
+        Binding("escape,b", "back", "Back", tooltip="Back to the run list", id="compare.back"),
+        Binding("question_mark,f1", "help", "Help", tooltip="Compare help: these keys", id="compare.help"),
     ]
     DEFAULT_CSS = """
     CompareScreen #cmp-title { height: 1; padding: 0 1; background: $panel; }
@@ -484,10 +478,5 @@ class CompareScreen(Screen):
         self.app.pop_screen()
 
     def action_help(self) -> None:
-        self.app.push_screen(TextScreen("Help", HELP))
-
-    def palette_actions(self) -> list[tuple[str, str, str]]:
-        return [("Switch the x axis", "step, wall time, tokens", "axis"), ("More smoothing", "", "smooth(1)"),
-                ("Less smoothing", "", "smooth(-1)"), ("Toggle log-y", "", "log"), ("Zoom to a step range", "", "zoom"),
-                ("Show every step", "", "unzoom"), ("Next page of metrics", "", "page(1)"),
-                ("Toggle the config diff", "", "diff"), ("Back to the run list", "", "back")]
+        self.app.push_screen(TextScreen("Help", help_text("Compare runs", own_bindings(self), NOTES,
+                                                          own_bindings(self.app))))

@@ -23,6 +23,7 @@ from engine.protocol import send_command
 
 from tunix_tui.core.follower import Follower
 from tunix_tui.core.runstate import NOTICE_TTL, PARTS, RunState
+from tunix_tui.keys import help_text, own_bindings
 from tunix_tui.screens.dialogs import CompletionScreen, ConfirmScreen, TextScreen
 from tunix_tui.widgets.header import RunHeader
 from tunix_tui.widgets.log import LogPane
@@ -36,23 +37,12 @@ WIDE_MIN = (150, 40)  # columns, lines
 TABS = ("train", "system", "eval", "samples", "log", *VIEWS)  # VIEWS: alerts, probes, config, host
 LIVE_CLOCK_STATUSES = ("compiling",)
 SLOW_PARTS = frozenset({"train", "system", "eval", "samples", "log", "alerts", "probes"})
+TAB_KEYS = Binding.Group("tabs: train, system, eval, samples, log, alerts, probes, config, host (6 … 9 full-screen "
+                         "when wide)")
 
-HELP = """\
-Dashboard keys
-
-  p          pause / resume the engine (the label follows what the engine acknowledged)
-  c          save a checkpoint now
-  s          stop the run (asks first; the engine saves a final checkpoint)
-  r          resume a stopped, failed or dead run from its latest checkpoint
-  1 … 5      tabs: train, system, evaluation, samples, log (narrow terminals)
-  6 … 9      alerts, probes, config, host: tabs on narrow terminals, full-screen on wide ones
-  i          the run's summary: wall time, steps, rewards, evaluation, checkpoint, commands
-  [  ]       earlier / later sample group;  f  back to the newest
-  ↑ ↓ enter  pick a completion in the samples table; enter shows it in full
-  escape, b  back to the run list (the engine keeps running)
-  ctrl+p     command palette (the same actions)
-  f10        light / dark theme
-  ctrl+q     quit the console (the engine keeps running)
+NOTES = """\
+In the samples table ↑ ↓ pick a completion and enter shows it in full. Leaving the dashboard or quitting the
+console never stops the engine.
 """
 
 
@@ -98,19 +88,31 @@ class DashboardScreen(Screen):
     """Watches one run and controls its engine."""
 
     BINDINGS = [
-        Binding("p", "pause", "Pause"),
-        Binding("p", "resume_engine", "Resume"),
-        Binding("p", "waiting", "Waiting for ack"),
-        Binding("c", "checkpoint", "Checkpoint"),
-        Binding("s", "stop", "Stop"),
-        Binding("r", "resume_run", "Resume run"),
-        Binding("escape,b", "back", "Back"),
-        Binding("question_mark,f1", "help", "Help"),
-        Binding("i", "summary", "Summary", show=False),
-        *(Binding(str(i + 1), f"show_tab('{name}')", show=False) for i, name in enumerate(TABS)),
-        Binding("left_square_bracket", "samples(-1)", "Earlier", show=False),
-        Binding("right_square_bracket", "samples(1)", "Later", show=False),
-        Binding("f", "samples_latest", "Newest", show=False),
+        Binding("p", "pause", "Pause", tooltip="Pause the engine: within seconds, at any phase", id="dashboard.pause"),
+        Binding("p", "resume_engine", "Resume", tooltip="Resume the engine: continue a paused run",
+                id="dashboard.resume-engine"),
+        Binding("p", "waiting", "Waiting for ack", tooltip="Waiting: p works again once the engine acknowledged "
+                "the pause or resume", id="dashboard.waiting"),
+        Binding("c", "checkpoint", "Checkpoint", tooltip="Checkpoint now: save a checkpoint at the current step",
+                id="dashboard.checkpoint"),
+        Binding("s", "stop", "Stop", tooltip="Stop the run: asks first; the engine saves a final checkpoint and "
+                "exits", id="dashboard.stop"),
+        Binding("r", "resume_run", "Resume run", tooltip="Resume the run from its checkpoint: start an engine for "
+                "this stopped, failed or dead run", id="dashboard.resume-run"),
+        Binding("escape,b", "back", "Back", tooltip="Back to the run list: the engine keeps running",
+                id="dashboard.back"),
+        Binding("question_mark,f1", "help", "Help", tooltip="Dashboard help: what the panes shown mean, and the keys",
+                id="dashboard.help"),
+        Binding("i", "summary", "Summary", show=False, tooltip="Run summary: wall time, steps, rewards, evaluation, "
+                "checkpoint, commands", id="dashboard.summary"),
+        *(Binding(str(i + 1), f"show_tab('{name}')", show=False, tooltip=f"Show the {name} tab",
+                  group=TAB_KEYS, id=f"dashboard.tab-{name}") for i, name in enumerate(TABS)),
+        Binding("left_square_bracket", "samples(-1)", "Earlier", show=False, tooltip="Earlier sample group",
+                id="dashboard.samples-earlier"),
+        Binding("right_square_bracket", "samples(1)", "Later", show=False, tooltip="Later sample group",
+                id="dashboard.samples-later"),
+        Binding("f", "samples_latest", "Newest", show=False, tooltip="Newest sample group: follow the latest "
+                "samples again", id="dashboard.samples-latest"),
     ]
 
     def __init__(self, run_dir: Path, *, known_pid: int | None = None, follower: Follower | None = None):
@@ -290,20 +292,6 @@ class DashboardScreen(Screen):
             return s.can_resume_run
         return True
 
-    def palette_actions(self) -> list[tuple[str, str, str]]:
-        """(name, help, action) for the command palette: the actions the keys offer right now."""
-        entries = [("Pause the engine", "within seconds, at any phase", "pause"),
-                   ("Resume the engine", "continue a paused run", "resume_engine"),
-                   ("Checkpoint now", "save a checkpoint at the current step", "checkpoint"),
-                   ("Stop the run", "the engine saves a final checkpoint and exits", "stop"),
-                   ("Resume the run from its checkpoint", "start an engine for this stopped run", "resume_run"),
-                   ("Back to the run list", "the engine keeps running", "back"),
-                   ("Dashboard help", "keys of this screen", "help"),
-                   ("Run summary", "wall time, rewards, evaluation, checkpoint, commands", "summary"),
-                   ("Newest sample group", "follow the latest samples again", "samples_latest")]
-        entries += [(f"Show the {name} tab", "", f"show_tab('{name}')") for name in TABS]
-        return [e for e in entries if self.check_action(e[2].split("(")[0], ()) is True]
-
     def _send(self, command: str) -> None:
         try:
             cid = send_command(self.run_dir, command)
@@ -362,7 +350,8 @@ class DashboardScreen(Screen):
         self.app.push_screen(TextScreen(f"Run {self.run_dir.name}", body))
 
     def action_help(self) -> None:
-        self.app.push_screen(TextScreen("Help", help_for(self._shown_panes()) + "\n" + HELP))
+        keys = help_text("Dashboard keys", own_bindings(self), NOTES, own_bindings(self.app))
+        self.app.push_screen(TextScreen("Help", help_for(self._shown_panes()) + "\n" + keys))
 
     def _shown_panes(self) -> list[str]:
         """Ids of the panes `?` explains: the active tab's (narrow), the focused one (wide); none: every pane."""

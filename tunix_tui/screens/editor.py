@@ -31,6 +31,7 @@ from engine.config import FieldInfo, Profile
 from engine.profile_io import Problem, ProfileError, toml_literal
 
 from tunix_tui.core.form import ProfileForm, value_text
+from tunix_tui.keys import help_text, own_bindings
 from tunix_tui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen, TextScreen
 from tunix_tui.widgets.header import resolve
 
@@ -151,15 +152,20 @@ class EditorScreen(Screen):
     """Edit, check, save and launch one profile."""
 
     BINDINGS = [
-        Binding("f2,ctrl+s", "save", "Save"),
-        Binding("f3", "save_as", "Save as"),
-        Binding("f4", "view_toml", "TOML"),
-        Binding("f5", "launch", "Launch"),
-        Binding("f6", "revert", "Revert"),
-        Binding("f7,ctrl+e", "external_editor", "$EDITOR"),
-        Binding("f8", "diff", "Diff"),
-        Binding("escape", "back", "Back"),
-        Binding("f1", "help", "Help"),
+        Binding("f2,ctrl+s", "save", "Save", tooltip="Save the profile: only the edited keys change in the file "
+                "(comments, order and spelling stay)", id="editor.save"),
+        Binding("f3", "save_as", "Save as", tooltip="Save the profile as…: another file; run.name takes the new "
+                "name", id="editor.save-as"),
+        Binding("f4", "view_toml", "TOML", tooltip="View the profile as TOML: as saving writes it",
+                id="editor.view-toml"),
+        Binding("f5", "launch", "Launch", tooltip="Launch a run of this profile: unsaved edits are passed as "
+                "overrides; the file stays as it is", id="editor.launch"),
+        Binding("f6", "revert", "Revert", tooltip="Revert to the saved file", id="editor.revert"),
+        Binding("f7,ctrl+e", "external_editor", "$EDITOR", tooltip="Open the file in $EDITOR: $VISUAL or "
+                "$EDITOR; it is read and checked again on return", id="editor.external"),
+        Binding("f8", "diff", "Diff", tooltip="Differences from the shipped defaults", id="editor.diff"),
+        Binding("escape", "back", "Back", tooltip="Back: asks when there are unsaved changes", id="editor.back"),
+        Binding("f1", "help", "Help", tooltip="Editor help: these keys", id="editor.help"),
     ]
 
     def __init__(self, path: Path):
@@ -522,33 +528,13 @@ class EditorScreen(Screen):
                                            yes="Discard"), answer)
 
     def action_help(self) -> None:
-        self.app.push_screen(TextScreen("Help", HELP))
-
-    def palette_actions(self) -> list[tuple[str, str, str]]:
-        return [("Save the profile", "only the edited keys change in the file", "save"),
-                ("Save the profile as…", "run.name takes the new name", "save_as"),
-                ("View the profile as TOML", "as saving writes it", "view_toml"),
-                ("Open the file in $EDITOR", "the console steps aside; the file is checked on return",
-                 "external_editor"),
-                ("Differences from the shipped defaults", "", "diff"),
-                ("Launch a run of this profile", "unsaved edits are passed as overrides", "launch"),
-                ("Revert to the saved file", "", "revert"), ("Back", "", "back")]
+        self.app.push_screen(TextScreen("Help", help_text("Profile editor keys", own_bindings(self), NOTES,
+                                                          own_bindings(self.app))))
 
 
-HELP = """\
-Profile editor keys
-
-  tab / shift+tab   next / previous field (the section list on the left is part of the cycle)
-  ↑ ↓ (in the list) show another section; enter jumps into its fields
-  f2, ctrl+s        save: only the edited keys change in the file (comments, order and spelling stay)
-  f3                save as another file (run.name takes the new name)
-  f4                view the profile as TOML, as saving writes it
-  f5                launch a run (unsaved edits are passed as overrides; the file stays as it is)
-  f6                revert to the saved file
-  f7, ctrl+e        open the file in $VISUAL / $EDITOR; it is read and checked again on return
-  f8                differences from the shipped defaults
-  escape            back (asks when there are unsaved changes)
-  f10               light / dark theme
+NOTES = """\
+tab / shift+tab move to the next / previous field (the section list on the left is part of the cycle); in the list
+↑ ↓ show another section and enter jumps into its fields.
 
 Rows marked * are edited since the last save; bold rows differ from the default. Errors appear under the row,
 worded as `tunix-tui validate` words them.

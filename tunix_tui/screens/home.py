@@ -18,25 +18,14 @@ from textual.widgets import DataTable, Footer, Label, Static
 
 from tunix_tui.core.catalog import ProfileEntry, RunCatalog, RunRow, delete_run, find_profiles
 from tunix_tui.core.text import clock_time, hms, num, pct, printable, profile_label
+from tunix_tui.keys import help_text, own_bindings
 from tunix_tui.screens.dialogs import ConfirmScreen, PromptScreen, TextScreen
 from tunix_tui.widgets.header import STATUS_STYLE, resolve
 
-HELP = """\
-Home keys
 
-  tab        move between the profile list and the run list
-  enter      profiles: edit the profile · runs: open the run's dashboard
-  e          edit the highlighted profile
-  l          launch a run of the highlighted profile
-  n          new profile (starts from the defaults)
-  r          resume the highlighted run (stopped, failed or dead) from its checkpoint
-  d, delete  delete the highlighted run (asks first; a live run must be stopped first)
-  space      mark / unmark the highlighted run;  c  compare the marked runs (curves overlaid, config diff)
-  s          compare the highlighted run's sweep: all its runs, each named by its swept values
-  f5         refresh the lists
-  ctrl+p     command palette
-  f10        light / dark theme
-  q, ctrl+q  quit (running engines keep running)
+NOTES = """\
+tab moves between the profile list and the run list; enter edits the highlighted profile or opens the highlighted
+run's dashboard.
 """
 
 
@@ -44,17 +33,25 @@ class HomeScreen(Screen):
     """Profiles and runs."""
 
     BINDINGS = [
-        Binding("e", "edit", "Edit"),
-        Binding("l", "launch", "Launch"),
-        Binding("n", "new_profile", "New"),
-        Binding("r", "resume", "Resume"),
-        Binding("d,delete", "delete", "Delete"),
-        Binding("f5", "refresh", "Refresh"),
-        Binding("space", "mark", "Mark", show=False),
-        Binding("c", "compare", "Compare"),
-        Binding("s", "compare_sweep", "Compare sweep", show=False),
-        Binding("question_mark,f1", "help", "Help"),
-        Binding("q", "app.quit", "Quit"),
+        Binding("e", "edit", "Edit", tooltip="Edit the highlighted profile", id="home.edit"),
+        Binding("l", "launch", "Launch", tooltip="Launch the highlighted profile: a run starts and its dashboard "
+                "opens", id="home.launch"),
+        Binding("n", "new_profile", "New", tooltip="New profile: starts from the defaults", id="home.new-profile"),
+        Binding("o", "open", "Open", show=False, tooltip="Open the highlighted run: its dashboard (enter in the run "
+                "list does the same)", id="home.open"),
+        Binding("r", "resume", "Resume", tooltip="Resume the highlighted run: stopped, failed or dead, from its latest "
+                "checkpoint", id="home.resume"),
+        Binding("d,delete", "delete", "Delete", tooltip="Delete the highlighted run: asks first; a live run must be "
+                "stopped first", id="home.delete"),
+        Binding("f5", "refresh", "Refresh", tooltip="Refresh the lists", id="home.refresh"),
+        Binding("space", "mark", "Mark", show=False, tooltip="Mark the highlighted run: mark / unmark it for "
+                "comparing", id="home.mark"),
+        Binding("c", "compare", "Compare", tooltip="Compare the marked runs: curves overlaid and their config "
+                "diff", id="home.compare"),
+        Binding("s", "compare_sweep", "Compare sweep", show=False, tooltip="Compare the highlighted run's sweep: every "
+                "run of it, named by its swept values", id="home.compare-sweep"),
+        Binding("question_mark,f1", "help", "Help", tooltip="Home help: these keys", id="home.help"),
+        Binding("q", "app.quit", "Quit", tooltip="Quit: running engines keep running", id="home.quit"),
     ]
 
     def __init__(self) -> None:
@@ -331,19 +328,8 @@ class HomeScreen(Screen):
         self.show_runs(self.catalog.rows())
 
     def action_help(self) -> None:
-        self.app.push_screen(TextScreen("Help", HELP))
-
-    def palette_actions(self) -> list[tuple[str, str, str]]:
-        return [("Edit the highlighted profile", "", "edit"), ("Launch the highlighted profile", "", "launch"),
-                ("New profile", "starts from the defaults", "new_profile"),
-                ("Open the highlighted run", "its dashboard", "open"),
-                ("Resume the highlighted run", "from its latest checkpoint", "resume"),
-                ("Delete the highlighted run", "asks first", "delete"), ("Refresh the lists", "", "refresh"),
-                ("Home help", "keys of this screen", "help"),
-                ("Mark the highlighted run", "for comparing", "mark"),
-                ("Compare the marked runs", "curves overlaid and their config diff", "compare"),
-                ("Compare the highlighted run's sweep", "every run of it, named by its swept values",
-                 "compare_sweep")]
+        self.app.push_screen(TextScreen("Help", help_text("Home keys", own_bindings(self), NOTES,
+                                                          own_bindings(self.app))))
 
 
 def _home_relative(path: Path) -> str:

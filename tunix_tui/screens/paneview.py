@@ -10,6 +10,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer
 
+from tunix_tui.keys import help_text, own_bindings
 from tunix_tui.screens.dialogs import TextScreen
 from tunix_tui.widgets.header import RunHeader
 from tunix_tui.widgets.metrics import Pane
@@ -19,7 +20,10 @@ from tunix_tui.widgets.pane_help import help_for
 class PaneScreen(Screen):
     """Shows `pane` (a new Pane) drawn from the dashboard's follower; escape goes back."""
 
-    BINDINGS = [Binding("escape,b", "back", "Back"), Binding("question_mark,f1", "help", "Help")]
+    BINDINGS = [Binding("escape,b", "back", "Back", tooltip="Back to the dashboard: the engine keeps running",
+                        id="pane.back"),
+                Binding("question_mark,f1", "help", "Help", tooltip="Help: what this pane shows, and the keys",
+                        id="pane.help")]
     DEFAULT_CSS = """
     PaneScreen > RunHeader { height: 3; padding: 0 1; background: $panel; }
     PaneScreen > Pane { height: 1fr; }
@@ -64,5 +68,5 @@ class PaneScreen(Screen):
         self.app.pop_screen()
 
     def action_help(self) -> None:
-        self.app.push_screen(TextScreen("Help", help_for([self.pane.id or ""]) + "\nescape goes back to the "
-                                        "dashboard (the engine keeps running)\n"))
+        keys = help_text("Keys", own_bindings(self), app_bindings=own_bindings(self.app))
+        self.app.push_screen(TextScreen("Help", help_for([self.pane.id or ""]) + "\n" + keys))
