@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(VENV)/bin/tunix-tui --profile profiles/quickstart.toml
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

@@ -138,12 +138,19 @@ def check_entropy_collapse(history: Sequence[Metrics], cfg: AlertsSection, start
                  "grpo.beta, or lower optimizer.learning_rate")
 
 
+def _window_above(history: Sequence[Metrics], metric: str, limit: float, window: int) -> float | None:
+    """The window mean of a share `metric` when it is above `limit`, else None."""
+    recent = _recent(history, metric, window)
+    if recent is None or _mean(recent) <= limit:
+        return None
+    return _mean(recent)
+
+
 def check_truncation(history: Sequence[Metrics], cfg: AlertsSection) -> Alert | None:
     """The share of completions cut at the length limit, averaged over the window, is above `truncation_max`."""
-    cut = _recent(history, "truncated_fraction", cfg.window)
-    if cut is None or _mean(cut) <= cfg.truncation_max:
+    value = _window_above(history, "truncated_fraction", cfg.truncation_max, cfg.window)
+    if value is None:
         return None
-    value = _mean(cut)
     return Alert("truncation_high", "truncated_fraction",
                  {"truncated_fraction": value, "truncation_max": cfg.truncation_max, "window": cfg.window},
                  f"{_pct(value)} of completions were cut at generation.max_generation_steps over the last "
@@ -154,10 +161,9 @@ def check_truncation(history: Sequence[Metrics], cfg: AlertsSection) -> Alert | 
 
 def check_zero_spread(history: Sequence[Metrics], cfg: AlertsSection) -> Alert | None:
     """Most groups gave every completion the same reward: their advantages, and so their loss, are zero."""
-    zero = _recent(history, "frac_reward_zero_std", cfg.window)
-    if zero is None or _mean(zero) <= cfg.zero_spread_max:
+    value = _window_above(history, "frac_reward_zero_std", cfg.zero_spread_max, cfg.window)
+    if value is None:
         return None
-    value = _mean(zero)
     return Alert("zero_spread_high", "frac_reward_zero_std",
                  {"frac_reward_zero_std": value, "zero_spread_max": cfg.zero_spread_max, "window": cfg.window},
                  f"{_pct(value)} of groups gave all their completions the same reward over the last {cfg.window} "
