@@ -1,0 +1,126 @@
+"""The device mesh and the placement rules (engine/sharding.py), on 8 CPU devices made by XLA in a subprocess: every
+mesh gives the one-device figures, and each array sits where the rules say."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Runs in a fresh interpreter with 8 host devices: the tiny model with non-zero adapters, its logits and the
+# adapters' gradient of a loss on them, on one device and on each mesh; the placements on the (4, 2) mesh.
+SCRIPT = r"""
+import json, sys
+import jax, jax.numpy as jnp, numpy as np, optax
+from flax import nnx
+from engine.config import REFERENCE_LORA_TARGETS
+from engine.model import model_config
+from engine.model.gemma3 import Gemma3, causal_attention_mask, make_positions
+from engine.model.lora import apply_lora
+from engine import sharding
+
+cfg = model_config("tiny")
+
+def build():
+    m = Gemma3(cfg, param_dtype=jnp.float32, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    apply_lora(m, 4, 8.0, REFERENCE_LORA_TARGETS, rngs=nnx.Rngs(1))
+    lora = nnx.state(m, nnx.LoRAParam)
+    keys = iter(jax.random.split(jax.random.key(2), len(jax.tree.leaves(lora))))
+    nnx.update(m, jax.tree.map(lambda x: 0.05 * jax.random.normal(next(keys), x.shape, x.dtype), lora))
+    return m
+
+rng = np.random.default_rng(0)
+tokens = rng.integers(3, cfg.vocab_size, size=(8, 12)).astype(np.int32)
+valid = np.ones((8, 12), bool); valid[:3, :4] = False
+
+def figures(model, put):
+    toks, ok = put(tokens), put(valid)
+    graphdef, lora, rest = nnx.split(model, nnx.LoRAParam, ...)
+    def loss(lora, rest, toks, ok):
+        m = nnx.merge(graphdef, lora, rest)
+        hidden, _ = m(toks, make_positions(ok), causal_attention_mask(ok))
+        logits = m.logits(hidden)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        return -jnp.mean(jnp.take_along_axis(logp[:, :-1], toks[:, 1:, None], axis=-1)), logits
+    (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(lora, rest, toks, ok)
+    return float(value), np.asarray(logits), [np.asarray(g) for g in jax.tree.leaves(grads)], toks
+
+one_value, one_logits, one_grads, _ = figures(build(), lambda x: x)
+out = {"devices": len(jax.devices()), "meshes": {}}
+for shape in ([1, 1], [8, 1], [4, 2], [2, 4]):
+    mesh = sharding.make_mesh(shape, ["fsdp", "tp"], jax.devices()[:8] if shape != [1, 1] else jax.devices()[:1])
+    model = build()
+    sharding.shard_model(model, mesh)
+    value, logits, grads, toks = figures(model, lambda x: sharding.put_batch(x, mesh))
+    rel = lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-30))
+    out["meshes"][str(shape)] = {
+        "loss": abs(value - one_value) / abs(one_value), "logits": rel(logits, one_logits),
+        "grads": max(rel(g, o) for g, o in zip(grads, one_grads)), "describe": sharding.describe(mesh)}
+    if shape == [4, 2]:
+        state = nnx.state(model)
+        flat = {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in p): v
+                for p, v in jax.tree_util.tree_flatten_with_path(state)[0]}
+        def spec(fragment):
+            return [str(tuple(v.sharding.spec)) for k, v in flat.items() if fragment in k][0]
+        lora = nnx.state(model, nnx.LoRAParam)
+        opt = optax.adamw(1e-3).init(lora)
+        mu_specs = sorted({str(tuple(x.sharding.spec)) for x in jax.tree.leaves(opt) if np.ndim(x) == 2})
+        lora_specs = sorted({str(tuple(x.sharding.spec)) for x in jax.tree.leaves(lora)})
+        out["placement"] = {
+            "embedding": spec("input_embedding"), "q": spec("q_einsum/kernel"), "q_a": spec("q_einsum/lora/lora_a"),
+            "q_b": spec("q_einsum/lora/lora_b"), "down": spec("down_proj/kernel"), "norm": spec("final_norm"),
+            "batch": str(tuple(toks.sharding.spec)), "opt_equals_lora": mu_specs == lora_specs,
+            "on_devices": len(flat[[k for k in flat if "q_einsum/kernel" in k][0]].sharding.device_set)}
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def on_eight_devices() -> dict:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(line for line in out.stdout.splitlines() if line.startswith("RESULT"))
+    return json.loads(line[len("RESULT"):])
+
+
+@pytest.mark.slow
+def test_every_mesh_gives_the_one_device_figures(on_eight_devices: dict):
+    assert on_eight_devices["devices"] == 8
+    for shape, fig in on_eight_devices["meshes"].items():
+        assert fig["loss"] <= 1e-5 and fig["logits"] <= 1e-5 and fig["grads"] <= 1e-5, (shape, fig)
+    assert on_eight_devices["meshes"]["[4, 2]"]["describe"] == "mesh fsdp=4 x tp=2 over 8 cpu devices"
+
+
+@pytest.mark.slow
+def test_each_array_sits_where_the_rules_say(on_eight_devices: dict):
+    placed = on_eight_devices["placement"]
+    assert placed["embedding"] == "('tp', 'fsdp')"          # (vocab, embed)
+    assert placed["q"] == "('fsdp', 'tp')"                  # (embed, heads)
+    assert placed["q_a"] == "('fsdp', None)" and placed["q_b"] == "(None, 'tp')"   # LoRA: (embed, rank), (rank, heads)
+    assert placed["down"] == "('tp', 'fsdp')"               # (mlp, embed)
+    assert placed["norm"] == "(None,)"
+    assert placed["batch"] == "('fsdp', None)"              # rows over fsdp
+    assert placed["opt_equals_lora"] and placed["on_devices"] == 8
+
+
+def test_rules_name_each_dimension_and_keep_what_does_not_divide():
+    from engine import sharding
+
+    assert sharding.logical_axes(("layers", "3", "mlp", "gate_proj", "lora", "lora_b", "value"), 2) == ("rank", "mlp")
+    assert sharding.logical_axes(("embedder", "input_embedding", "value"), 2) == ("vocab", "embed")
+    assert sharding.logical_axes(("layers", "attn", "kv_einsum", "kernel"), 3) == ("layers", "embed", "kv")
+    assert sharding.logical_axes(("final_norm", "scale"), 1) == ("norm",)
+    mesh = sharding.make_mesh()                                # one CPU device here: the 1x1 mesh
+    assert dict(mesh.shape) == {"fsdp": 1, "tp": 1}
+    assert tuple(sharding.partition_spec(("embed", "heads"), (64, 64), mesh)) == (None, None)
+    with pytest.raises(ValueError, match=r"model.mesh_shape \[2, 2\] needs 4 devices; this process sees 1"):
+        sharding.make_mesh([2, 2])
