@@ -505,20 +505,20 @@ def engine_alive(run_dir: str | os.PathLike, *, now: float | None = None) -> boo
     if not info:
         return False
     if info.get("host") == socket.gethostname():
-        pid = int(info.get("pid", 0))
-        if pid <= 0:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return _not_zombie(pid)
+        return process_running(int(info.get("pid", 0)))
     return (now or time.time()) - float(info.get("heartbeat", 0)) < HEARTBEAT_STALE_S
 
 
-def _not_zombie(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether process `pid` of this host runs (exists, whoever owns it, and is no zombie awaiting its parent)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"

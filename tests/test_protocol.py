@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.protocol import (EventReader, EventWriter, RunPaths, create_run_dir, engine_alive, list_runs,
-                             make_event, new_run_id, read_events, send_command, summarize_run, take_commands,
-                             write_engine_info)
+                             make_event, new_run_id, process_running, read_events, send_command, summarize_run,
+                             take_commands, write_engine_info)
 
 
 def event_line(seq: int, payload: str) -> bytes:
@@ -127,6 +127,16 @@ def test_control_round_trip_and_foreign_files(tmp_path: Path):
     assert list(paths.control.iterdir()) == []
     with pytest.raises(ValueError):
         send_command(paths.root, "explode")
+
+
+def test_process_running_counts_a_zombie_as_gone():
+    """The one pid check the engine and the console share (engine_alive, the follower's freshly launched pid)."""
+    assert process_running(os.getpid()) and not process_running(0) and not process_running(-1)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # it has exited but is not reaped: a zombie
+    assert not process_running(proc.pid)
+    proc.wait()
+    assert not process_running(proc.pid)
 
 
 def test_liveness_and_dead_engine_summary(tmp_path: Path):

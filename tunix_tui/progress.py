@@ -4,32 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def _num(value: Any, fmt: str = ".3f") -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def _sig(value: Any, digits: int = 3) -> str:
-    """A number with `digits` significant digits (`1.23e-05`, `0.0123`, `12.3`), so small values never print as
-    0.0000."""
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return "-"
-    if value == 0:
-        return "0"
-    if abs(value) < 1e-3 or abs(value) >= 1e5:
-        return f"{value:.{digits - 1}e}"
-    return f"{value:.{digits}g}"
-
-
-def _bytes(n: Any) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
-        n /= 1024
-    return f"{n:.1f} TB"
+from tunix_tui.core.text import num, short, size
 
 
 def format_step(ev: dict[str, Any]) -> str:
@@ -39,15 +14,15 @@ def format_step(ev: dict[str, Any]) -> str:
     total = ev.get("total_steps")
     head = f"step {ev.get('step')}" + (f"/{total}" if total else "")
     parts = [head,
-             f"reward {_sig(m.get('reward_mean'))} std {_sig(m.get('reward_std'))}",
-             f"loss {_sig(m.get('loss'))}", f"kl {_sig(m.get('kl'))}",
-             f"len {_num(m.get('completion_length_mean'), '.0f')}",
-             f"{_num(m.get('time_step'), '.1f')}s (roll {_num(m.get('time_rollout'), '.1f')} "
-             f"ref {_num(m.get('time_reference'), '.1f')} upd {_num(m.get('time_update'), '.1f')})",
-             f"{_num(m.get('tokens_per_s'), '.0f')} tok/s"]
+             f"reward {short(m.get('reward_mean'), digits=3)} std {short(m.get('reward_std'), digits=3)}",
+             f"loss {short(m.get('loss'), digits=3)}", f"kl {short(m.get('kl'), digits=3)}",
+             f"len {num(m.get('completion_length_mean'), '.0f')}",
+             f"{num(m.get('time_step'), '.1f')}s (roll {num(m.get('time_rollout'), '.1f')} "
+             f"ref {num(m.get('time_reference'), '.1f')} upd {num(m.get('time_update'), '.1f')})",
+             f"{num(m.get('tokens_per_s'), '.0f')} tok/s"]
     mem = ev.get("memory") or []
     if mem:
-        parts.append(f"mem {_bytes(mem[0].get('in_use'))}")
+        parts.append(f"mem {size(mem[0].get('in_use'))}")
     if m.get("skipped"):
         parts.append("SKIPPED (non-finite)")
     return " ".join(parts)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable, Literal
 
-from engine.protocol import RunPaths, engine_alive, read_engine_info
+from engine.protocol import RunPaths, engine_alive, process_running, read_engine_info
 
 from tunix_tui.core import foldcache, foldjob
 from tunix_tui.core.reader import LineReader
@@ -279,7 +279,7 @@ class Follower:
         self._check_gone()
         alive = engine_alive(self.paths.root)
         if not alive and self.known_pid and read_engine_info(self.paths.root) is None:
-            alive = _pid_running(self.known_pid)  # launched by us; its engine.json is not written yet
+            alive = process_running(self.known_pid)  # launched by us; its engine.json is not written yet
         with self.lock:
             if alive != self.state.alive:
                 self.state.alive = alive
@@ -332,17 +332,3 @@ class Follower:
             self.save_cache(final=True)  # a console attaching later starts from here
         except Exception:  # noqa: BLE001 - leaving never fails for want of a cache
             pass
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True

@@ -36,16 +36,17 @@ def num(value: Any, fmt: str = ".3f", missing: str = "-") -> str:
     return format(value, fmt)
 
 
-def short(value: Any, missing: str = "-") -> str:
-    """A compact number: 4 significant digits, scientific when tiny or huge."""
+def short(value: Any, missing: str = "-", digits: int = 4, sci_digits: int = 2) -> str:
+    """A compact number: `digits` significant digits, scientific (`sci_digits` decimals) when tiny or huge, so a
+    small value never shows as 0.0000."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         return missing
     if value == 0:
         return "0"
     mag = abs(value)
     if mag >= 1e5 or mag < 1e-3:
-        return f"{value:.2e}"
-    return f"{value:.4g}"
+        return f"{value:.{sci_digits}e}"
+    return f"{value:.{digits}g}"
 
 
 def pct(value: Any, missing: str = "-") -> str:

@@ -12,6 +12,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from tunix_tui.core.history import Span
+from tunix_tui.core.text import short
 
 # braille dot bits: [sub-column][row 0..3 from the top]
 _DOTS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
@@ -20,11 +21,7 @@ AXIS_WIDTH = 9
 
 def axis_num(value: float) -> str:
     """A number in at most 8 characters, for the axis labels."""
-    if value == 0:
-        return "0"
-    if abs(value) >= 1e5 or abs(value) < 1e-3:
-        return f"{value:.1e}"
-    return f"{value:.3g}"
+    return short(value, digits=3, sci_digits=1)
 
 
 @dataclass

@@ -6,13 +6,13 @@ lock held; it copies what it needs into its widgets.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 
-from tunix_tui.core.history import regroup
+from tunix_tui.core.history import Span, regroup
 from tunix_tui.core.runstate import RunState
 from tunix_tui.core.text import num, pct, short, size
 from tunix_tui.widgets.chart import Chart, Series
@@ -24,6 +24,9 @@ REWARD_ABBREV = {"match_format_exactly": "exact", "match_format_approximately": 
                  "check_answer": "answer", "check_numbers": "numbers"}
 
 
+Line = tuple[str, str, str, Callable[[int], list[Span | None]]]  # label, colour, latest value, columns(n)
+
+
 def reward_label(key: str) -> str:
     """A short name for a reward function (`reward/check_answer` -> `answer`)."""
     name = key.split("/", 1)[-1].split(":")[-1]
@@ -31,13 +34,23 @@ def reward_label(key: str) -> str:
 
 
 class Pane(Vertical):
-    """A titled dashboard pane."""
+    """A titled dashboard pane. By default it holds, for each name in `plots`, a legend over a chart (`plot` fills
+    them), then the text box `table` when named."""
     part: ClassVar[str] = ""
     title: ClassVar[str] = ""
+    plots: ClassVar[tuple[str, ...]] = ()
+    table: ClassVar[str] = ""
 
     def __init__(self, *, id: str | None = None, classes: str | None = None):
         super().__init__(id=id, classes=f"pane {classes or ''}".strip())
         self.border_title = self.title
+
+    def compose(self) -> ComposeResult:
+        for name in self.plots:
+            yield TextBox(id=f"{name}-legend", classes="legend")
+            yield Chart(id=f"{name}-chart")
+        if self.table:
+            yield TextBox(id=self.table, classes="stats")
 
     def update_from(self, state: RunState, now: float) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -50,62 +63,52 @@ class Pane(Vertical):
         follower = getattr(self.screen, "follower", None)
         return follower.lock if follower is not None else None
 
+    def plot(self, name: str, lines: list[Line], note: Text | None = None, **chart: Any) -> None:
+        """Fill the legend `#NAME-legend` (each line's label, bold in its colour, then its latest value; then
+        `note`) and the chart `#NAME-chart` (the lines' columns; `chart`: options of `Chart.set_source`)."""
+        legend = Text()
+        for i, (label, color, value, _) in enumerate(lines):
+            legend.append("  " if i else "")
+            legend.append(f"{label} ", style=f"{color} bold")
+            legend.append(value)
+        if note is not None:
+            legend.append_text(note)
+        self.query_one(f"#{name}-legend", TextBox).set(legend)
+        self.query_one(f"#{name}-chart", Chart).set_source(
+            lambda n: [Series(label, color, columns(n)) for label, color, _, columns in lines],
+            lock=self.state_lock(), **chart)
+
 
 class LossPane(Pane):
     """Loss and KL over steps, one chart each."""
     part = "train"
     title = "Loss · KL"
-
-    def compose(self) -> ComposeResult:
-        yield TextBox(id="loss-label", classes="legend")
-        yield Chart(id="loss-chart")
-        yield TextBox(id="kl-label", classes="legend")
-        yield Chart(id="kl-chart")
+    plots = ("loss", "kl")
 
     def update_from(self, state: RunState, now: float) -> None:
-        h = state.history
-        for key, label, color in (("loss", "loss", "$primary"), ("kl", "KL", "$secondary")):
-            chart = self.query_one(f"#{key}-chart", Chart)
-            latest = state.latest.get(key)
-            legend = Text()
-            legend.append(f"{label} ", style=self.color(color) + " bold")
-            legend.append(short(latest))
-            if key == "loss" and state.latest.get("policy_loss") is not None:
-                legend.append(f"  policy {short(state.latest.get('policy_loss'))}", style="dim")
-            if key == "kl" and state.latest.get("entropy") is not None:
-                legend.append(f"  entropy {short(state.latest.get('entropy'))}", style="dim")
-            self.query_one(f"#{key}-label", TextBox).set(legend)
-            chart.set_source(lambda n, key=key, label=label, c=self.color(color): [Series(label, c, h.columns(key, n))],
-                             lock=self.state_lock())
+        h, m = state.history, state.latest
+        for key, label, color, aside in (("loss", "loss", "$primary", "policy_loss"),
+                                         ("kl", "KL", "$secondary", "entropy")):
+            note = Text(f"  {aside.split('_')[0]} {short(m[aside])}", style="dim") if m.get(aside) is not None \
+                else None
+            self.plot(key, [(label, self.color(color), short(m.get(key)), lambda n, key=key: h.columns(key, n))], note)
 
 
 class RewardPane(Pane):
     """Total reward and each reward function over steps; spread, zero-spread groups, lengths."""
     part = "train"
     title = "Reward"
-
-    def compose(self) -> ComposeResult:
-        yield TextBox(id="reward-legend", classes="legend")
-        yield Chart(id="reward-chart")
-        yield TextBox(id="reward-stats", classes="stats")
+    plots = ("reward",)
+    table = "reward-stats"
 
     def update_from(self, state: RunState, now: float) -> None:
-        chart = self.query_one("#reward-chart", Chart)
         m = state.latest
         h = state.history
         keys = sorted(k for k in h.keys() if k.startswith("reward/"))
-        legend = Text()
-        legend.append("total ", style=self.color("$primary") + " bold")
-        legend.append(short(m.get("reward_mean")))
-        lines = [("reward_mean", "total", self.color("$primary"))]
-        for i, key in enumerate(keys):
-            color = self.color(SERIES_COLORS[i % len(SERIES_COLORS)])
-            legend.append(f"  {reward_label(key)} ", style=color + " bold")
-            legend.append(short(m.get(key)))
-            lines.append((key, reward_label(key), color))
-        self.query_one("#reward-legend", TextBox).set(legend)
-        chart.set_source(lambda n: [Series(label, color, h.columns(key, n)) for key, label, color in lines],
-                         lock=self.state_lock())
+        colors = ["$primary", *(SERIES_COLORS[i % len(SERIES_COLORS)] for i in range(len(keys)))]
+        self.plot("reward", [(reward_label(key) if key != "reward_mean" else "total", self.color(color),
+                              short(m.get(key)), lambda n, key=key: h.columns(key, n))
+                             for key, color in zip(["reward_mean", *keys], colors)])
         stats = Text()
         stats.append(f"std {short(m.get('reward_std'))} [{short(m.get('reward_min'))}, {short(m.get('reward_max'))}]")
         stats.append("  zero-spread groups ")
@@ -196,26 +199,19 @@ class EvalPane(Pane):
     """Evaluation results over time: accuracy, partial and format accuracy."""
     part = "eval"
     title = "Evaluation"
-
-    def compose(self) -> ComposeResult:
-        yield TextBox(id="eval-legend", classes="legend")
-        yield Chart(id="eval-chart")
-        yield TextBox(id="eval-table", classes="stats")
+    plots = ("eval",)
+    table = "eval-table"
 
     def update_from(self, state: RunState, now: float) -> None:
         evals = list(state.evals)
-        chart = self.query_one("#eval-chart", Chart)
-        legend = Text()
-        lines = []
+        lines: list[Line] = []
         for attr, label, color in (("accuracy", "accuracy", "$primary"), ("partial_accuracy", "partial", "$accent"),
                                    ("format_accuracy", "format", "$secondary")):
             values = [getattr(e, attr) for e in evals]
-            lines.append((label, self.color(color), [None if v is None else (v, v) for v in values]))
-            legend.append(f"{label} ", style=self.color(color) + " bold")
-            legend.append(f"{pct(values[-1]) if values else '-'}  ")
-        self.query_one("#eval-legend", TextBox).set(legend)
-        chart.set_source(lambda n: [Series(label, color, regroup(spans, n)) for label, color, spans in lines],
-                         empty_text="no evaluation yet", fmt=lambda v: f"{100 * v:.0f}%", low=0.0, high=1.0)
+            spans = [None if v is None else (v, v) for v in values]
+            lines.append((label, self.color(color), pct(values[-1]) if values else "-",
+                          lambda n, spans=spans: regroup(spans, n)))
+        self.plot("eval", lines, empty_text="no evaluation yet", fmt=lambda v: f"{100 * v:.0f}%", low=0.0, high=1.0)
         table = Text()
         if state.status == "evaluating":  # progress batch by batch
             what = " ".join(x for x in (state.detail, pct(state.progress, "")) if x)
