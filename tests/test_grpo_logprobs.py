@@ -1,4 +1,4 @@
-"""Chunked per-token log-probabilities and entropies from the tied embedding."""
+"""Chunked per-token log-probabilities and entropies from the tied embedding, against full logits computed here."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from engine.grpo import token_logprobs
+from engine.grpo.logprobs import probs_times_embedding
 
 
 def direct(hidden, embedding, targets, temperature):
@@ -46,6 +47,7 @@ def test_temperature_changes_the_distribution(small_case):
 
 @pytest.mark.parametrize("chunk_size", [3, 10])
 def test_gradients_match_full_logits(small_case, chunk_size):
+    """The hidden states get the gradient of the full logits; the embedding (frozen under LoRA) gets none."""
     hidden, embedding, targets = small_case
     weights = jax.random.normal(jax.random.PRNGKey(5), (2, 5))
 
@@ -55,10 +57,24 @@ def test_gradients_match_full_logits(small_case, chunk_size):
     def full(h, e):
         return (direct(h, e, targets, 0.9)[0] * weights).sum()
 
-    got = jax.grad(chunked, argnums=(0, 1))(hidden, embedding)
-    want = jax.grad(full, argnums=(0, 1))(hidden, embedding)
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+    got_h, got_e = jax.grad(chunked, argnums=(0, 1))(hidden, embedding)
+    np.testing.assert_allclose(got_h, jax.grad(full)(hidden, embedding), rtol=1e-4, atol=1e-5)
+    assert float(jnp.abs(got_h).max()) > 0.1 and float(jnp.abs(got_e).max()) == 0.0
+
+
+def test_gradient_under_jit_and_the_blocked_output_product():
+    """The jitted gradient matches too, and `probs @ embedding` as a loop over vocabulary blocks equals the product."""
+    r = np.random.default_rng(0)
+    vocab, dim = 3 * 64, 16
+    emb = jnp.asarray(r.normal(size=(vocab, dim)), jnp.float32)
+    hidden = jnp.asarray(r.normal(size=(3, 7, dim)), jnp.float32)
+    targets = jnp.asarray(r.integers(0, vocab, (3, 7)))
+    weights = jnp.asarray(r.normal(size=(3, 7)), jnp.float32)
+    grad = jax.jit(jax.grad(lambda h: (token_logprobs(h, emb, targets, 0.7, 5)[0] * weights).sum()))(hidden)
+    want = jax.grad(lambda h: (direct(h, emb, targets, 0.7)[0] * weights).sum())(hidden)
+    np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-5)
+    probs = jax.nn.softmax(jnp.asarray(r.normal(size=(4, vocab)), jnp.float32))
+    np.testing.assert_allclose(probs_times_embedding(probs, emb, block=64), probs @ emb, atol=1e-5)   # 3 blocks
 
 
 def test_entropy_carries_no_gradient(small_case):

@@ -203,3 +203,22 @@ def test_bfloat16_model_runs_in_bfloat16_and_stays_close_to_float32():
     a = _full_logits(f32, tokens, valid)
     b = np.asarray(logits, np.float32)
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+
+
+def test_one_module_defines_attention_and_the_layer_stack():
+    """Attention, the decoder layer and the loop over layers exist once, in engine/model/gemma3.py; the training
+    passes and the sampler's re-laid-out weights call them."""
+    import re
+    from pathlib import Path
+
+    engine = Path(__file__).resolve().parents[1] / "engine"
+    patterns = {
+        "attention": r"^\s*def attend\b|softmax\(.*scores|einsum\(\"nsh,nqh",
+        "rope and norms": r"^\s*def (apply_rope|rope_tables|rms_norm)\b",
+        "decoder layer": r"^\s*def decoder_layer\b|\bx = x \+ ",
+        "layer loop": r"^\s*def run_layers\b|enumerate\(.*layers|lax\.scan\(",
+    }
+    for what, pattern in patterns.items():
+        found = {str(path.relative_to(engine.parent)) for path in engine.rglob("*.py")
+                 if re.search(pattern, path.read_text(encoding="utf-8"), re.MULTILINE)}
+        assert found == {"engine/model/gemma3.py"}, (what, found)

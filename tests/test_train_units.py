@@ -270,31 +270,6 @@ def test_evaluate_counts_hand_written_answers_in_fixed_size_batches():
     assert select(qs, 0) == qs and select(qs, 2) == qs[:2]
 
 
-# --- fused log-probabilities ----------------------------------------------------------------------------------------
-
-def test_fused_logprobs_equal_the_chunked_ones_in_value_and_gradient():
-    import jax
-    import jax.numpy as jnp
-
-    from engine.grpo.logprobs import token_logprobs
-    from engine.train.fused import fused_token_logprobs, probs_times_embedding
-
-    r = np.random.default_rng(0)
-    vocab, dim = 3 * 64, 16
-    emb = jnp.asarray(r.normal(size=(vocab, dim)), jnp.float32)
-    hidden = jnp.asarray(r.normal(size=(3, 7, dim)), jnp.float32)
-    targets = jnp.asarray(r.integers(0, vocab, (3, 7)))
-    weights = jnp.asarray(r.normal(size=(3, 7)), jnp.float32)
-    ref_logp, ref_ent = token_logprobs(hidden, emb, targets, 0.7, 5)
-    logp, ent = fused_token_logprobs(hidden, emb, targets, 0.7, 5)
-    assert np.allclose(logp, ref_logp, atol=1e-5) and np.allclose(ent, ref_ent, atol=1e-4)
-    grad_ref = jax.grad(lambda h: (token_logprobs(h, emb, targets, 0.7, 5)[0] * weights).sum())(hidden)
-    grad = jax.grad(lambda h: (fused_token_logprobs(h, emb, targets, 0.7, 5)[0] * weights).sum())(hidden)
-    assert np.allclose(grad, grad_ref, atol=1e-5) and float(jnp.abs(grad).max()) > 0.1
-    probs = jax.nn.softmax(jnp.asarray(r.normal(size=(4, vocab)), jnp.float32))
-    assert np.allclose(probs_times_embedding(probs, emb, block=64), probs @ emb, atol=1e-5)   # 3 blocks
-
-
 def test_trimming_host_memory_gives_freed_pages_back():
     from engine.train.memory import trim_host_memory
 

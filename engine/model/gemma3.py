@@ -10,7 +10,9 @@ left-padded and contiguous, so slot distance equals position distance.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from functools import partial
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,11 +25,11 @@ _NORM_EPS = 1e-6
 
 
 class Cache(NamedTuple):
-    """Key/value cache: one `[B * num_kv_heads, S, head_dim]` array per layer (row b*K + kv head), and the next
-    write slot."""
+    """Key/value cache: one `[B * num_kv_heads, S, head_dim]` array per layer (row b*K + kv head), or those stacked
+    in one `[L, B * num_kv_heads, S, head_dim]` array, and the next write slot."""
 
-    k: tuple[jax.Array, ...]
-    v: tuple[jax.Array, ...]
+    k: tuple[jax.Array, ...] | jax.Array
+    v: tuple[jax.Array, ...] | jax.Array
     index: jax.Array  # int32 scalar: slot where the next call's first token is written
 
 
@@ -191,10 +193,11 @@ class LayerInputs(NamedTuple):
         return (self.global_mask, self.global_rope) if cfg.is_global(i) else (self.local_mask, self.local_rope)
 
 
-def layer_inputs(cfg: ModelConfig, positions: jax.Array, attn_mask: jax.Array, cache: Cache | None) -> LayerInputs:
-    """Masks (the caller's, plus the sliding window on local layers, in slot distance) and RoPE tables."""
+def layer_inputs(cfg: ModelConfig, positions: jax.Array, attn_mask: jax.Array, index: jax.Array) -> LayerInputs:
+    """Masks (the caller's, plus the sliding window on local layers, in slot distance) and RoPE tables; `index` is
+    the slot of the first new token."""
     t, s = positions.shape[1], attn_mask.shape[-1]
-    index = cache.index if cache is not None else jnp.zeros((), jnp.int32)
+    index = jnp.asarray(index, jnp.int32)
     q_slot = index + jnp.arange(t, dtype=jnp.int32)
     local_ok = (q_slot[:, None] - jnp.arange(s, dtype=jnp.int32)[None, :]) < cfg.sliding_window
     return LayerInputs(
@@ -204,8 +207,25 @@ def layer_inputs(cfg: ModelConfig, positions: jax.Array, attn_mask: jax.Array, c
         index=index)
 
 
+def decoder_layer(layer: Any, x: jax.Array, rope: tuple[jax.Array, jax.Array], mask: jax.Array,
+                  kv: tuple[jax.Array, jax.Array] | None, index: jax.Array,
+                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """One decoder layer, whatever the layout of its weights: norms before and after both attention and MLP.
+
+    `layer` gives its norm scales (`layer.scale(name)`, names as the `Block` attributes plus `q_norm`/`k_norm`),
+    its projections (`qkv(h) -> q [B, T, H, h], k, v [B, T, K, h]`, `attn_out`, `gate_up(h) -> (gate, up)`,
+    `down`) and `query_scale`: `Block` from its modules, `engine.model.infer` from the sampler's re-laid-out copy."""
+    q, k, v = layer.qkv(rms_norm(x, layer.scale("pre_attention_norm")))
+    q, k = rms_norm(q, layer.scale("q_norm")), rms_norm(k, layer.scale("k_norm"))   # QK-norm before RoPE
+    a, new_kv = attend(q, k, v, rope, mask, layer.query_scale, kv, index)
+    x = x + rms_norm(layer.attn_out(a), layer.scale("post_attention_norm"))
+    gate, up = layer.gate_up(rms_norm(x, layer.scale("pre_ffw_norm")))
+    x = x + rms_norm(layer.down(jax.nn.gelu(gate, approximate=True) * up), layer.scale("post_ffw_norm"))
+    return x, new_kv
+
+
 class Attention(nnx.Module):
-    """Grouped-query attention with QK-norm before RoPE and a KV cache."""
+    """Grouped-query attention weights (QK-norm before RoPE); the computation is `decoder_layer`'s."""
 
     def __init__(self, cfg: ModelConfig, *, param_dtype: jnp.dtype, dtype: jnp.dtype, rngs: nnx.Rngs):
         d, hd = cfg.embed_dim, cfg.head_dim
@@ -218,20 +238,9 @@ class Attention(nnx.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, hd
         self.query_scale = cfg.query_scale
 
-    def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array], mask: jax.Array,
-                 kv: tuple[jax.Array, jax.Array] | None, index: jax.Array | None,
-                 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-        b, t, _ = x.shape
-        nh, nk, hd = self.num_heads, self.num_kv_heads, self.head_dim
-        q = self.q_norm(self.q_einsum(x).reshape(b, t, nh, hd))
-        kvp = self.kv_einsum(x).reshape(b, t, 2, nk, hd)
-        k = self.k_norm(kvp[:, :, 0])
-        out, new_kv = attend(q, k, kvp[:, :, 1], rope, mask, self.query_scale, kv, index)
-        return self.attn_vec_einsum(out), new_kv
-
 
 class MLP(nnx.Module):
-    """`down(gelu_tanh(gate(x)) * up(x))`."""
+    """`down(gelu_tanh(gate(x)) * up(x))` weights; the computation is `decoder_layer`'s."""
 
     def __init__(self, cfg: ModelConfig, *, param_dtype: jnp.dtype, dtype: jnp.dtype, rngs: nnx.Rngs):
         kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
@@ -239,12 +248,9 @@ class MLP(nnx.Module):
         self.up_proj = Proj(cfg.embed_dim, cfg.hidden_dim, **kw)
         self.down_proj = Proj(cfg.hidden_dim, cfg.embed_dim, **kw)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.gelu(self.gate_proj(x), approximate=True) * self.up_proj(x))
-
 
 class Block(nnx.Module):
-    """One decoder layer: norms before and after both attention and MLP."""
+    """One decoder layer's weights, called as `decoder_layer` over them."""
 
     def __init__(self, cfg: ModelConfig, *, param_dtype: jnp.dtype, dtype: jnp.dtype, rngs: nnx.Rngs):
         kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
@@ -255,11 +261,107 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, **kw)
         self.post_ffw_norm = RMSNorm(cfg.embed_dim, param_dtype=param_dtype)
 
+    @property
+    def query_scale(self) -> float:
+        return self.attn.query_scale
+
+    def scale(self, name: str) -> jax.Array:
+        return getattr(self.attn if name in ("q_norm", "k_norm") else self, name).scale[...]
+
+    def qkv(self, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        b, t, _ = h.shape
+        at = self.attn
+        q = at.q_einsum(h).reshape(b, t, at.num_heads, at.head_dim)
+        kv = at.kv_einsum(h).reshape(b, t, 2, at.num_kv_heads, at.head_dim)
+        return q, kv[:, :, 0], kv[:, :, 1]
+
+    def attn_out(self, a: jax.Array) -> jax.Array:
+        return self.attn.attn_vec_einsum(a)
+
+    def gate_up(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return self.mlp.gate_proj(h), self.mlp.up_proj(h)
+
+    def down(self, h: jax.Array) -> jax.Array:
+        return self.mlp.down_proj(h)
+
     def __call__(self, x, rope, mask, kv, index):
-        a, new_kv = self.attn(self.pre_attention_norm(x), rope, mask, kv, index)
-        x = x + self.post_attention_norm(a)
-        x = x + self.post_ffw_norm(self.mlp(self.pre_ffw_norm(x)))
+        return decoder_layer(self, x, rope, mask, kv, index)
+
+
+REMAT_POLICIES = {
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,      # keep projections, recompute the rest
+    "full": jax.checkpoint_policies.nothing_saveable,                       # keep only each layer's input
+}
+REMAT_MODES = ("none", "dots", "full", "scan-dots", "scan-full")
+
+
+def _same_structure(layers: Sequence[Any]) -> bool:
+    if not all(isinstance(layer, nnx.Module) for layer in layers):
+        return False
+    first = nnx.split(layers[0])[0]
+    return all(nnx.split(layer)[0] == first for layer in layers[1:])
+
+
+def run_layers(cfg: ModelConfig, layers: Sequence[Any], x: jax.Array, inputs: LayerInputs,
+               kv: tuple[Any, Any] | None = None, *, remat: str = "none") -> tuple[jax.Array, tuple[Any, Any] | None]:
+    """The layer stack: embedded tokens x [B, T, d] through every layer (`layer(x, rope, mask, kv, index)`).
+
+    `kv` = (keys, values), each one array per layer or one stacked [L, ...] array (returned in the same form):
+    the layers' caches, written at slots `inputs.index ...`. `remat` rematerialises layers in the backward pass:
+    "dots" keeps the projections' outputs and recomputes norms, activations and attention, "full" keeps only each
+    layer's input. With "scan-..." the layers run as one `lax.scan` over their weights stacked inside the program:
+    XLA's CPU scheduler keeps an unrolled loop's rematerialised activations alive together, a scan bounds them to
+    one layer at a time (for a temporary stacked copy of the layer weights). Layers of different structures (LoRA
+    on some layers only) run unrolled."""
+    if remat not in REMAT_MODES:
+        raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
+    policy = REMAT_POLICIES.get(remat.removeprefix("scan-"))
+    stacked_kv = kv is not None and not isinstance(kv[0], (tuple, list))
+    if remat.startswith("scan-") and _same_structure(layers):
+        graphdef = nnx.split(layers[0])[0]
+        weights = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.split(layer)[1] for layer in layers])
+        is_global = jnp.asarray([cfg.is_global(i) for i in range(len(layers))])
+        scan_kv = kv if kv is None or stacked_kv else tuple(jnp.stack(c) for c in kv)
+
+        def body(x: jax.Array, per_layer: tuple) -> tuple[jax.Array, Any]:
+            state, g, layer_kv = per_layer
+            rope = tuple(jnp.where(g, a, b) for a, b in zip(inputs.global_rope, inputs.local_rope))
+            mask = jnp.where(g, inputs.global_mask, inputs.local_mask)
+            return nnx.merge(graphdef, state)(x, rope, mask, layer_kv, inputs.index)
+
+        x, new_kv = jax.lax.scan(jax.checkpoint(body, policy=policy), x, (weights, is_global, scan_kv))
+        if new_kv is not None and not stacked_kv:
+            new_kv = tuple(tuple(c) for c in new_kv)
         return x, new_kv
+
+    def apply(graphdef: Any, state: Any, x: jax.Array, rope: tuple, mask: jax.Array, layer_kv: tuple | None):
+        return nnx.merge(graphdef, state)(x, rope, mask, layer_kv, inputs.index)
+
+    keys, values = [], []
+    for i, layer in enumerate(layers):
+        mask, rope = inputs.for_layer(cfg, i)
+        layer_kv = (kv[0][i], kv[1][i]) if kv is not None else None
+        if policy is None:
+            x, layer_kv = layer(x, rope, mask, layer_kv, inputs.index)
+        else:
+            graphdef, state = nnx.split(layer)
+            x, layer_kv = jax.checkpoint(partial(apply, graphdef), policy=policy)(state, x, rope, mask, layer_kv)
+        if layer_kv is not None:
+            keys.append(layer_kv[0])
+            values.append(layer_kv[1])
+    if kv is None:
+        return x, None
+    return x, ((jnp.stack(keys), jnp.stack(values)) if stacked_kv else (tuple(keys), tuple(values)))
+
+
+def forward(cfg: ModelConfig, x: jax.Array, layers: Sequence[Any], final_norm: jax.Array, positions: jax.Array,
+            attn_mask: jax.Array, cache: Cache | None, *, remat: str = "none") -> tuple[jax.Array, Cache | None]:
+    """Embedded tokens x [B, T, d] -> hidden states after the final norm (scale `final_norm`), updated cache."""
+    index = cache.index if cache is not None else jnp.zeros((), jnp.int32)
+    inputs = layer_inputs(cfg, positions, attn_mask, index)
+    x, kv = run_layers(cfg, layers, x, inputs, None if cache is None else (cache.k, cache.v), remat=remat)
+    new_cache = Cache(kv[0], kv[1], inputs.index + x.shape[1]) if cache is not None else None
+    return rms_norm(x, final_norm), new_cache
 
 
 class Gemma3(nnx.Module):
@@ -277,25 +379,47 @@ class Gemma3(nnx.Module):
         self.final_norm = RMSNorm(cfg.embed_dim, param_dtype=self.param_dtype)
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, attn_mask: jax.Array,
-                 cache: Cache | None = None) -> tuple[jax.Array, Cache | None]:
+                 cache: Cache | None = None, *, remat: str = "none") -> tuple[jax.Array, Cache | None]:
         """tokens/positions int32[B, T]; attn_mask bool[B, T, S] over cache slots (S = T without a cache).
 
-        With a cache, the T new keys/values are written at slots `cache.index ... cache.index + T - 1`."""
-        cfg = self.cfg
-        inputs = layer_inputs(cfg, positions, attn_mask, cache)
-        x = self.embedder.encode(tokens)
-        new_k, new_v = [], []
-        for i, layer in enumerate(self.layers):
-            mask, rope = inputs.for_layer(cfg, i)
-            kv = (cache.k[i], cache.v[i]) if cache is not None else None
-            x, kv = layer(x, rope, mask, kv, inputs.index)
-            if kv is not None:
-                new_k.append(kv[0])
-                new_v.append(kv[1])
-        x = self.final_norm(x)
-        new_cache = Cache(tuple(new_k), tuple(new_v), inputs.index + tokens.shape[1]) if cache is not None else None
-        return x, new_cache
+        With a cache, the T new keys/values are written at slots `cache.index ... cache.index + T - 1`. `remat`
+        is the layer stack's rematerialisation (see `run_layers`)."""
+        return forward(self.cfg, self.embedder.encode(tokens), list(self.layers), self.final_norm.scale[...],
+                       positions, attn_mask, cache, remat=remat)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Tied output layer: hidden [..., d] -> logits [..., vocab] (compute dtype)."""
         return self.embedder.decode(hidden)
+
+
+def grouped_hidden(model: Gemma3, prompt_tokens: jax.Array, prompt_valid: jax.Array, completion: jax.Array,
+                   completion_valid: jax.Array, *, remat: str = "none") -> jax.Array:
+    """Hidden states that predict each completion token, [B, C, d], for B = N x G completions of N prompts.
+
+    Each prompt ([N, P], left-padded) runs once, filling a key/value cache that is then shared by the G
+    completions of its group (rows n*G ... n*G + G - 1): the prompt is not recomputed G times, in the forward nor
+    in the backward pass. Position P - 1 of a prompt predicts its completions' first token, completion position j
+    predicts token j + 1. Equal to a full forward pass over each prompt + completion (a test checks it)."""
+    n, p = prompt_tokens.shape
+    b, c = completion.shape
+    group = b // n
+    cfg = model.cfg
+    heads = cfg.num_kv_heads
+    empty = jnp.zeros((cfg.num_layers, n * heads, p + c, cfg.head_dim), model.dtype)
+    mask_p = jnp.pad(causal_attention_mask(prompt_valid), ((0, 0), (0, 0), (0, c)))
+    hidden_p, filled = model(prompt_tokens, make_positions(prompt_valid), mask_p,
+                             Cache(empty, empty, jnp.zeros((), jnp.int32)), remat=remat)
+    valid_p = jnp.repeat(prompt_valid, group, axis=0)                           # [B, P]
+    positions = make_positions(jnp.concatenate([valid_p, completion_valid], axis=1))[:, p:]
+    causal = jnp.arange(c)[:, None] >= jnp.arange(c)[None, :]
+    mask_c = jnp.concatenate([jnp.broadcast_to(valid_p[:, None, :], (b, c, p)),
+                              completion_valid[:, None, :] & causal[None]], axis=2)     # [B, C, P + C]
+
+    def per_completion(cache: jax.Array) -> jax.Array:   # rows n*K + h -> rows (n*G + g)*K + h
+        layers, _, slots, dim = cache.shape
+        cache = cache.reshape(layers, n, 1, heads, slots, dim)
+        return jnp.broadcast_to(cache, (layers, n, group, heads, slots, dim)).reshape(layers, b * heads, slots, dim)
+
+    shared = Cache(per_completion(filled.k), per_completion(filled.v), jnp.asarray(p, jnp.int32))
+    hidden_c, _ = model(completion, positions, mask_c, shared, remat=remat)
+    return jnp.concatenate([jnp.repeat(hidden_p[:, -1:], group, axis=0), hidden_c[:, :-1]], axis=1)

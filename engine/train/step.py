@@ -9,7 +9,6 @@ set to zero (`engine.model.lora.lora_disabled`), which adds exactly 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import jax
@@ -21,9 +20,8 @@ from flax import nnx
 from engine.config import Profile, effective_epsilon_high
 from engine.grpo.logprobs import token_logprobs
 from engine.grpo.loss import grpo_loss
-from engine.model.gemma3 import causal_attention_mask, make_positions
+from engine.model.gemma3 import grouped_hidden
 from engine.model.lora import lora_disabled
-from engine.train.fused import fused_token_logprobs
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,7 @@ class LossSettings:
     temperature: float = 1.0
     chunk_size: int = 64
     max_len: int | None = None   # sequence-mean-token-scale divides by this (max_generation_steps)
-    remat: str = "scan-full"     # rematerialisation of decoder layers in the update (see forward_hidden)
+    remat: str = "scan-full"     # rematerialisation of decoder layers in the update (engine.model.gemma3.run_layers)
 
     @classmethod
     def from_profile(cls, p: Profile) -> "LossSettings":
@@ -73,129 +71,17 @@ def left_pad(prompts: list[list[int]], length: int, pad_id: int = 0) -> tuple[np
     return tokens, valid
 
 
-REMAT_POLICIES = {
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,      # keep projections, recompute the rest
-    "full": jax.checkpoint_policies.nothing_saveable,                       # keep only each layer's input
-}
-REMAT_MODES = ("none", "dots", "full", "scan-dots", "scan-full")
-
-
-def _same_structure(layers: list[Any]) -> bool:
-    first = nnx.split(layers[0])[0]
-    return all(nnx.split(layer)[0] == first for layer in layers[1:])
-
-
-def run_layers(model: Any, x: jax.Array, positions: jax.Array, attn_mask: jax.Array, *, remat: str = "none",
-               cache: tuple[jax.Array, jax.Array] | None = None, index: int = 0,
-               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-    """Embedded tokens x [b, t, d] through every decoder layer, as `Gemma3.__call__` does (a test checks they agree).
-
-    `attn_mask` [b, t, S] is over cache slots; with `cache` = (keys, values) stacked per layer in the model's cache
-    layout ([L, b * K, S, h]), the new keys and values are written at slots `index ... index + t - 1` and the
-    updated caches are returned.
-    `remat` rematerialises layers in the backward pass: "dots" keeps the projections' outputs and recomputes
-    norms, activations and attention, "full" keeps only each layer's input. With "scan-..." the layers run as one
-    `lax.scan` over their weights stacked inside the program: XLA's CPU scheduler keeps an unrolled loop's
-    rematerialised activations alive together, a scan bounds them to one layer at a time (for a temporary stacked
-    copy of the layer weights). Layers of different structures (LoRA on some layers only) run unrolled."""
-    from engine.model.gemma3 import Cache, layer_inputs
-
-    if remat not in REMAT_MODES:
-        raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
-    cfg = model.cfg
-    inputs = layer_inputs(cfg, positions, attn_mask, Cache((), (), jnp.asarray(index, jnp.int32)))
-    masks = {False: inputs.local_mask, True: inputs.global_mask}
-    ropes = {False: inputs.local_rope, True: inputs.global_rope}
-    layers = list(model.layers)
-    policy = REMAT_POLICIES.get(remat.removeprefix("scan-"))
-
-    def apply(graphdef: Any, state: Any, x: jax.Array, rope: tuple, mask: jax.Array, kv: tuple | None):
-        return nnx.merge(graphdef, state)(x, rope, mask, kv, inputs.index)
-
-    if remat.startswith("scan-") and _same_structure(layers):
-        graphdef = nnx.split(layers[0])[0]
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.split(layer)[1] for layer in layers])
-        is_global = jnp.asarray([cfg.is_global(i) for i in range(len(layers))])
-
-        def body(x: jax.Array, per_layer: tuple) -> tuple[jax.Array, Any]:
-            state, g, kv = per_layer
-            rope = tuple(jnp.where(g, a, b) for a, b in zip(ropes[True], ropes[False]))
-            mask = jnp.where(g, masks[True], masks[False])
-            return apply(graphdef, state, x, rope, mask, kv)
-
-        x, new_cache = jax.lax.scan(jax.checkpoint(body, policy=policy), x, (stacked, is_global, cache))
-        return x, new_cache
-    keys, values = [], []
-    for i, layer in enumerate(layers):
-        g = cfg.is_global(i)
-        graphdef, state = nnx.split(layer)
-        kv = (cache[0][i], cache[1][i]) if cache is not None else None
-        run = partial(apply, graphdef)
-        if policy is not None:
-            run = jax.checkpoint(run, policy=policy)
-        x, new_kv = run(state, x, ropes[g], masks[g], kv)
-        if new_kv is not None:
-            keys.append(new_kv[0])
-            values.append(new_kv[1])
-    return x, ((jnp.stack(keys), jnp.stack(values)) if cache is not None else None)
-
-
-def forward_hidden(model: Any, tokens: jax.Array, positions: jax.Array, attn_mask: jax.Array, *,
-                   remat: str = "none") -> jax.Array:
-    """The full-sequence forward pass without a cache -> hidden states after the final norm, [B, T, d]."""
-    x, _ = run_layers(model, model.embedder.encode(tokens), positions, attn_mask, remat=remat)
-    return model.final_norm(x)
-
-
-def grouped_hidden(model: Any, prompt_tokens: jax.Array, prompt_valid: jax.Array, completion: jax.Array,
-                   completion_valid: jax.Array, *, remat: str = "none") -> jax.Array:
-    """Hidden states that predict each completion token, [B, C, d], for B = N x G completions of N prompts.
-
-    Each prompt ([N, P], left-padded) runs once, filling a key/value cache that is then shared by the G
-    completions of its group (rows n*G ... n*G + G - 1): the prompt is not recomputed G times, in the forward nor
-    in the backward pass. Position P - 1 of a prompt predicts its completions' first token, completion position j
-    predicts token j + 1. Equal to a full forward pass over each prompt + completion (a test checks it)."""
-    n, p = prompt_tokens.shape
-    b, c = completion.shape
-    group = b // n
-    cfg = model.cfg
-    heads = cfg.num_kv_heads
-    empty = jnp.zeros((len(model.layers), n * heads, p + c, cfg.head_dim), model.dtype)
-    mask_p = jnp.pad(causal_attention_mask(prompt_valid), ((0, 0), (0, 0), (0, c)))
-    x_p, (keys, values) = run_layers(model, model.embedder.encode(prompt_tokens), make_positions(prompt_valid),
-                                     mask_p, remat=remat, cache=(empty, empty), index=0)
-    last = model.final_norm(x_p[:, -1:])                                        # [N, 1, d]
-    valid_p = jnp.repeat(prompt_valid, group, axis=0)                           # [B, P]
-    positions = make_positions(jnp.concatenate([valid_p, completion_valid], axis=1))[:, p:]
-    causal = jnp.arange(c)[:, None] >= jnp.arange(c)[None, :]
-    mask_c = jnp.concatenate([jnp.broadcast_to(valid_p[:, None, :], (b, c, p)),
-                              completion_valid[:, None, :] & causal[None]], axis=2)     # [B, C, P + C]
-    def per_completion(cache: jax.Array) -> jax.Array:   # rows n*K + h -> rows (n*G + g)*K + h
-        layers, _, slots, dim = cache.shape
-        cache = cache.reshape(layers, n, 1, heads, slots, dim)
-        return jnp.broadcast_to(cache, (layers, n, group, heads, slots, dim)).reshape(layers, b * heads, slots, dim)
-
-    cache = (per_completion(keys), per_completion(values))
-    x_c, _ = run_layers(model, model.embedder.encode(completion), positions, mask_c, remat=remat, cache=cache,
-                        index=p)
-    hidden_c = model.final_norm(x_c)
-    return jnp.concatenate([jnp.repeat(last, group, axis=0), hidden_c[:, :-1]], axis=1)
-
-
 def completion_logprobs(model: Any, prompt_tokens: jax.Array, prompt_valid: jax.Array, completion: jax.Array,
                         completion_mask: jax.Array, *, temperature: float, chunk_size: int,
                         for_gradient: bool = False, remat: str = "none") -> tuple[jax.Array, jax.Array]:
     """log p and entropy of each completion token given its prompt and the completion before it: f32 [B, C] each.
 
-    Prompts are [N, P] with B = N x G completions (see `grouped_hidden`). Uses temperature-scaled logits and the
-    chunked output layer (the [B, C, vocab] logits never exist at once): `engine.grpo.logprobs.token_logprobs`
-    for a forward pass (no entropy), `engine.train.fused` when the result is differentiated (it carries its own
-    gradient, one product with the output layer fewer)."""
+    Prompts are [N, P] with B = N x G completions (see `engine.model.gemma3.grouped_hidden`). Uses
+    temperature-scaled logits and the chunked output layer (`engine.grpo.logprobs.token_logprobs`: the
+    [B, C, vocab] logits never exist at once); the entropy (zeros unless `for_gradient`) is the update's metric."""
     before = grouped_hidden(model, prompt_tokens, prompt_valid, completion, completion_mask > 0, remat=remat)
-    embedding = model.embedder.input_embedding[...]
-    if for_gradient:
-        return fused_token_logprobs(before, embedding, completion, temperature, chunk_size)
-    return token_logprobs(before, embedding, completion, temperature, chunk_size, compute_entropy=False)
+    return token_logprobs(before, model.embedder.input_embedding[...], completion, temperature, chunk_size,
+                          compute_entropy=for_gradient)
 
 
 class Phases:
