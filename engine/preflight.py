@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from engine.buckets import batch_bucket, next_pow2
 from engine.config import Profile
 
 # The CPU process's own figures, fitted to the peaks measured on a 2-core CPU machine (tests/test_preflight.py: the
@@ -51,15 +52,6 @@ def _model_configs() -> Any:
 def model_shapes(size: str) -> Any:
     """The ModelConfig of a model size."""
     return _model_configs().model_config(size)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
-
-
-def batch_bucket(n: int) -> int:
-    """The sampler's batch bucket: 1, 2, 4, 8, then multiples of 8 (engine/sampler.py)."""
-    return _next_pow2(n) if n <= 8 else -(-n // 8) * 8
 
 
 def _gib(n: float) -> str:
@@ -129,7 +121,7 @@ def estimate(profile: Profile, *, platform: str = "cpu", limit: int | None = Non
     prompts = p.training.micro_batch_size
     rows = prompts * p.grpo.num_generations
     rb = batch_bucket(rows)
-    tp = min(_next_pow2(p.generation.max_prompt_length), p.generation.max_prompt_length)
+    tp = min(next_pow2(p.generation.max_prompt_length), p.generation.max_prompt_length)
     tg = p.generation.max_generation_steps
     chunk = p.training.logprob_chunk_size
 

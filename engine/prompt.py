@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import re
 
+from engine.tokenizer import END_OF_TURN, START_OF_TURN
+
 REASONING_START = "<reasoning>"
 REASONING_END = "</reasoning>"
 ANSWER_START = "<answer>"
@@ -48,7 +50,19 @@ DEFAULT_INSTRUCTIONS = (
 )
 COMPLETION_INSTRUCTIONS = "Solve each problem. Show the working, then give the final answer as a single number."
 
-CHAT_TEMPLATE = "<start_of_turn>user\n{instructions}\n\n{question}<end_of_turn>\n<start_of_turn>model\n"
+
+
+def turn(role: str, text: str) -> str:
+    """One turn of Gemma's chat format (no system role: instructions open the user turn)."""
+    return f"{START_OF_TURN}{role}\n{text}{END_OF_TURN}\n"
+
+
+CHAT_TEMPLATE = turn("user", "{instructions}\n\n{question}") + f"{START_OF_TURN}model\n"
+# The same format as a Jinja chat template, as exported models carry it (Hugging Face's tokenizer config, GGUF).
+JINJA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% set role = 'model' if message['role'] == 'assistant' "
+    "else message['role'] %}" + turn("{{ role }}", "{{ message['content'] | trim }}") + "{% endfor %}"
+    "{% if add_generation_prompt %}" + START_OF_TURN + "model\n{% endif %}")
 COMPLETION_TEMPLATE = (
     "{instructions}\n\n"
     "Question: Mia has 12 pens. Her aunt gives her 7 pens. How many pens does Mia have now?\n"

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from engine.buckets import batch_bucket, next_pow2
 from engine.model import infer
 from engine.model.config import ModelConfig
 from engine.model.gemma3 import Cache, Gemma3, init_cache
@@ -272,10 +273,6 @@ def _decode(st: _Static, params, carry: _Carry, end, key, temperature, top_p) ->
     return jax.lax.while_loop(cond, body, carry)
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 class Sampler:
     """Samples completions from `model` for lists of token-id prompts (see module docstring)."""
 
@@ -303,12 +300,11 @@ class Sampler:
 
     def prompt_bucket(self, n: int) -> int:
         """Padded prompt length for a longest prompt of n tokens."""
-        return min(max(self.min_prompt_bucket, _next_pow2(n)), self.max_prompt_length)
+        return min(max(self.min_prompt_bucket, next_pow2(n)), self.max_prompt_length)
 
     def batch_bucket(self, n: int) -> int:
         """Padded batch size for n prompts: powers of two up to 8, then multiples of 8."""
-        n = max(n, self.min_batch_bucket)
-        return _next_pow2(n) if n <= 8 else -(-n // 8) * 8
+        return batch_bucket(max(n, self.min_batch_bucket))
 
     def __call__(self, prompts: list[list[int]], *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int = 0, greedy: bool = False,

@@ -58,7 +58,7 @@ def _evaluate(run: Path, args: argparse.Namespace) -> int:
     from engine.profile_io import load_profile
     from engine.sampler import Sampler
     from engine.train.checkpoints import CheckpointStore
-    from engine.train.evaluation import evaluate, select
+    from engine.train.evaluation import eval_batch_size, evaluate, select
     from engine.train.setup import configure_compile_cache, load_policy, load_splits
     from engine.train.text import PromptEncoder
 
@@ -92,7 +92,7 @@ def _evaluate(run: Path, args: argparse.Namespace) -> int:
     sampler = Sampler(model, tokenizer, eos_ids=eos, max_prompt_length=profile.generation.max_prompt_length,
                       max_new_tokens=max_tokens, min_prompt_bucket=encoder.bucket(questions),
                       stop_sequences=encoder.stop_ids)
-    batch = min(max(profile.training.micro_batch_size * profile.grpo.num_generations, 8), len(questions))
+    batch = eval_batch_size(profile, len(questions))
     print(f"evaluating {run.name} step {step} on {len(questions)} {args.split} questions of {splits.description} "
           f"({preset}, up to {max_tokens} tokens)", flush=True)
 

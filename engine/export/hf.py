@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from engine.model.config import ModelConfig
+from engine.prompt import JINJA_CHAT_TEMPLATE
 
 # our module (under layers.N.) -> Hugging Face module (under model.layers.N.)
 MODULES = {
@@ -37,10 +38,7 @@ NORMS = {
 _LAYER = re.compile(r"layers\.(\d+)\.(.+)$")
 # Hugging Face ids of the instruction-tuned base models, by size (what a PEFT adapter names as its base)
 BASE_MODEL_IDS = {"270m": "google/gemma-3-270m-it", "1b": "google/gemma-3-1b-it", "4b": "google/gemma-3-4b-it"}
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}{% set role = 'model' if message['role'] == 'assistant' "
-    "else message['role'] %}<start_of_turn>{{ role }}\n{{ message['content'] | trim }}<end_of_turn>\n"
-    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+CHAT_TEMPLATE = JINJA_CHAT_TEMPLATE   # Gemma's chat format, defined once in engine/prompt.py
 
 
 def text_prefix(cfg: ModelConfig) -> str:

@@ -34,6 +34,12 @@ class EvalResult:
                     split=self.split)
 
 
+def eval_batch_size(profile: Any, questions: int) -> int:
+    """Rows per evaluation batch: a training step's completions (micro batch x generations), at least 8, at most
+    the number of questions."""
+    return min(max(profile.training.micro_batch_size * profile.grpo.num_generations, 8), questions)
+
+
 def select(examples: Sequence[Example], n: int) -> list[Example]:
     """The first `n` examples (0 or more than there are: all)."""
     return list(examples) if n <= 0 or n >= len(examples) else list(examples[:n])

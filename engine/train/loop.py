@@ -612,7 +612,7 @@ class Trainer:
     # evaluation
 
     def _evaluate(self, split: str, num_questions: int, *, step: int) -> Any:
-        from engine.train.evaluation import evaluate, select
+        from engine.train.evaluation import eval_batch_size, evaluate, select
 
         p = self.profile
         pool = self.splits.validation if split == "validation" else self.splits.test
@@ -623,7 +623,7 @@ class Trainer:
         self._boundary()
         self.log.status("evaluating", step=step, detail=f"{len(questions)} {split} questions ({p.eval.preset})",
                         progress=0.0)
-        batch = min(max(p.training.micro_batch_size * p.grpo.num_generations, 8), len(questions))
+        batch = eval_batch_size(p, len(questions))
         program = f"evaluation sampler ({batch} rows)"
         if program not in self._compiled:
             self._compiled_end()

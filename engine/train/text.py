@@ -6,12 +6,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from engine.buckets import next_pow2
 from engine.data.example import Example
 from engine.prompt import build_prompt, profile_template
-
-
-def next_pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
 
 
 def stop_token_sequences(tokenizer: Any, stop_strings: Sequence[str]) -> list[list[int]]:

@@ -189,6 +189,30 @@ def size_for_facts(facts: CheckpointFacts, sizes: tuple[str, ...] = ("tiny", "27
     return fits[0] if len(fits) == 1 else None
 
 
+def fuse_kv(params: dict[str, np.ndarray], k_key: str, v_key: str, origin: str,
+            source: Callable[[str], str]) -> list[tuple[str, str, str]]:
+    """Join each layer's key and value kernels [d, K*h] (`layers.N.<k_key>`, `layers.N.<v_key>`) into its
+    `layers.N.attn.kv_einsum.kernel` [d, 2*K*h], in `params`. `source(name)` names a tensor as the checkpoint
+    does, for the errors (a missing partner, differing shapes). Returns (joined, k, v) names for each layer."""
+    joined = []
+    for k_name in [n for n in params if n.endswith(k_key)]:
+        layer = k_name[: -len(k_key)]
+        v_name = layer + v_key
+        if v_name not in params:
+            raise MissingWeightsError(f"{origin}: {source(v_name)} is missing (the values of {source(k_name)})")
+        k, v = params.pop(k_name), params.pop(v_name)
+        if k.shape != v.shape:
+            raise ShapeMismatchError(f"{origin}: {source(k_name)} has shape {list(k.shape)} but {source(v_name)} "
+                                     f"{list(v.shape)}")
+        params[layer + "attn.kv_einsum.kernel"] = np.ascontiguousarray(np.concatenate([k, v], axis=1))
+        joined.append((layer + "attn.kv_einsum.kernel", k_name, v_name))
+    orphan = next((n for n in params if n.endswith(v_key)), None)
+    if orphan is not None:
+        k_name = orphan[: -len(v_key)] + k_key
+        raise MissingWeightsError(f"{origin}: {source(k_name)} is missing (the keys of {source(orphan)})")
+    return joined
+
+
 def as_float32(array: Any) -> np.ndarray:
     """A float32 numpy copy-or-view of any array (bfloat16 and float16 included)."""
     arr = np.asarray(array)

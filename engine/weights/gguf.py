@@ -28,6 +28,7 @@ from engine.weights.common import (
     Progress,
     cache_root,
     facts_from_params,
+    fuse_kv,
     no_progress,
     require_path,
 )
@@ -183,17 +184,7 @@ def dequantize_all(file: GGUFFile, origin: str, on_progress: Progress = no_progr
             params[key] = value
         if (n + 1) % 40 == 0:
             on_progress(f"dequantized {n + 1}/{total} tensors")
-    for key in [k for k in params if k.endswith(".attn_k")]:
-        prefix = key[: -len("attn_k")]
-        if prefix + "attn_v" not in params:
-            raise MissingWeightsError(f"{origin}: tensor {prefix.replace('layers.', 'blk.')}attn_v.weight is missing")
-        k, v = params.pop(key), params.pop(prefix + "attn_v")
-        if k.shape != v.shape:
-            raise ShapeMismatchError(f"{origin}: {key} has shape {list(k.shape)} but attn_v {list(v.shape)}")
-        params[prefix + "attn.kv_einsum.kernel"] = np.ascontiguousarray(np.concatenate([k, v], axis=1))
-    if any(k.endswith(".attn_v") for k in params):
-        bad = next(k for k in params if k.endswith(".attn_v"))
-        raise MissingWeightsError(f"{origin}: tensor {bad.replace('layers.', 'blk.')[:-6]}attn_k.weight is missing")
+    fuse_kv(params, "attn_k", "attn_v", origin, lambda name: f"tensor {name.replace('layers.', 'blk.')}.weight")
     return params
 
 

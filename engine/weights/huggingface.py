@@ -17,7 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from engine.weights.common import Checkpoint, CheckpointFacts, Progress, as_float32, facts_from_params, no_progress
+from engine.weights.common import (
+    Checkpoint,
+    CheckpointFacts,
+    Progress,
+    as_float32,
+    facts_from_params,
+    fuse_kv,
+    no_progress,
+)
 from engine.weights.errors import (
     MissingWeightsError,
     ShapeMismatchError,
@@ -152,19 +160,12 @@ def read_safetensors(files: list[Path], on_progress: Progress = no_progress
                     array = np.ascontiguousarray(array.T)
                 params[target] = array
                 sources[target] = f"{path.name}:{name}"
-    for key in [k for k in params if k.endswith(".attn.k")]:
-        base = key[: -len("k")]
-        if base + "v" not in params:
-            raise MissingWeightsError(f"{files[0].parent}: v_proj missing for {sources[key]}")
-        k, v = params.pop(key), params.pop(base + "v")
-        if k.shape != v.shape:
-            raise ShapeMismatchError(f"{files[0].parent}: {sources[key]} has shape {list(k.T.shape)} but "
-                                     f"{sources[base + 'v']} has {list(v.T.shape)}")
-        params[base + "kv_einsum.kernel"] = np.ascontiguousarray(np.concatenate([k, v], axis=1))
-        sources[base + "kv_einsum.kernel"] = f"{sources.pop(key)} + {sources.pop(base + 'v')}"
-    orphans = [sources[k] for k in params if k.endswith(".attn.v")]
-    if orphans:
-        raise MissingWeightsError(f"{files[0].parent}: k_proj missing for {orphans[0]}")
+    def source(name: str) -> str:   # the file and tensor a canonical name came from, else the tensor's own name
+        hf = name.replace(".attn.k", ".self_attn.k_proj.weight").replace(".attn.v", ".self_attn.v_proj.weight")
+        return sources.get(name, hf)
+
+    for joined, k, v in fuse_kv(params, "attn.k", "attn.v", str(files[0].parent), source):
+        sources[joined] = f"{sources.pop(k)} + {sources.pop(v)}"
     return params, sources
 
 
