@@ -138,7 +138,7 @@ def estimate(profile: Profile, *, platform: str = "cpu", limit: int | None = Non
 
     # update: the layers' weights stacked for the scan over layers, each layer's input kept for the backward pass
     # (full rematerialisation), one layer recomputed with its gradients and attention scores, and the output layer
-    # a chunk of positions at a time (logits, softmax and the gradient product, float32; engine/train/fused.py)
+    # a chunk of positions at a time (logits, softmax and the gradient product, float32; engine/grpo/logprobs.py)
     tokens = prompts * tp + rows * tg
     kept = L * tokens * d * b
     layer = tokens * (4 * d + 3 * f + (nh + 2 * nk) * h) * b * 2
