@@ -25,6 +25,15 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+@pytest.fixture(autouse=True)
+def own_settings_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test has a settings folder of its own ($TUNIX_TUI_CONFIG: the console's user profiles are in its
+    `profiles`), never the developer's."""
+    folder = tmp_path / "config"
+    monkeypatch.setenv("TUNIX_TUI_CONFIG", str(folder))
+    return folder
+
+
 @pytest.fixture
 def root() -> Path:
     return ROOT

@@ -144,9 +144,8 @@ def anyio_backend() -> str:
 async def test_the_console_lists_a_sweeps_runs_together_with_their_swept_values(tmp_path):
     from fake_engine import FakeEngine
 
-    from tunix_tui.app import TunixApp
     from tunix_tui.core.catalog import RunCatalog
-    from screen import screen_text, wait_until
+    from screen import console, screen_text, wait_until
 
     runs = tmp_path / "runs"
     fixed, axes = parse_grid(["grpo.beta=0.0,0.04"])
@@ -164,8 +163,7 @@ async def test_the_console_lists_a_sweeps_runs_together_with_their_swept_values(
     rows = RunCatalog(runs).rows()
     assert [r.run_id for r in rows] == [ids[0], ids[2], ids[1]]    # the sweep's runs together, in queue order
     assert [r.sweep_label for r in rows] == ["beta=0.0", "beta=0.04", ""]
-    app = TunixApp(ROOT / "profiles", runs, user_profiles_dir=tmp_path / "user", runs_refresh=0.2,
-                   cursor_blink=False)
+    app = console(ROOT / "profiles", runs, runs_refresh=0.2, cursor_blink=False)
     async with app.run_test(size=(160, 40)) as pilot:
         await wait_until(pilot, lambda: "beta=0.04" in screen_text(app))
         text = screen_text(app)

@@ -22,7 +22,7 @@ from tunix_tui.screens.dashboard import DashboardScreen
 from tunix_tui.screens.dialogs import ConfirmScreen, PromptScreen
 from tunix_tui.screens.editor import EditorScreen, FieldRow
 from tunix_tui.screens.home import HomeScreen
-from screen import screen_text, wait_until
+from screen import console, screen_text, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.anyio
@@ -67,11 +67,10 @@ def spawner():
 
 
 def make_app(tmp_path: Path, **kw: Any) -> TunixApp:
-    opts: dict[str, Any] = dict(user_profiles_dir=tmp_path / "user", poll_interval=0.03, redraw_interval=0.03,
-                                runs_refresh=0.2, cursor_blink=False, spawn=Spawner(start=False))
+    opts: dict[str, Any] = dict(poll_interval=0.03, redraw_interval=0.03, runs_refresh=0.2, cursor_blink=False,
+                                spawn=Spawner(start=False))
     opts.update(kw)
-    return TunixApp(kw.pop("profiles_dir", ROOT / "profiles"), tmp_path / "runs", **{
-        k: v for k, v in opts.items() if k != "profiles_dir"})
+    return console(opts.pop("profiles_dir", ROOT / "profiles"), tmp_path / "runs", **opts)
 
 
 def live_run(tmp_path: Path, run_id: str = "20260102-030405-fake") -> FakeEngine:
@@ -446,7 +445,7 @@ async def _input(app: TunixApp, key: str) -> Any:
 
 
 async def test_editor_change_error_fix_save(tmp_path: Path):
-    path = tmp_path / "user" / "mine.toml"
+    path = tmp_path / "config" / "profiles" / "mine.toml"  # the user's profiles: $TUNIX_TUI_CONFIG/profiles
     app = make_app(tmp_path, profile=path)
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, EditorScreen))

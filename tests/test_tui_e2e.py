@@ -15,7 +15,7 @@ from engine.protocol import engine_alive, read_events, summarize_run
 from tunix_tui.app import TunixApp
 from tunix_tui.screens.dashboard import DashboardScreen
 from tunix_tui.screens.dialogs import ConfirmScreen
-from screen import screen_text, wait_until
+from screen import console as new_console, screen_text, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -38,8 +38,8 @@ def e2e_profile(folder: Path) -> Path:
 
 
 def console(tmp_path: Path, **kw) -> TunixApp:
-    return TunixApp(tmp_path / "profiles", tmp_path / "runs", user_profiles_dir=tmp_path / "user",
-                    poll_interval=0.1, redraw_interval=0.1, cursor_blink=False, **kw)
+    return new_console(tmp_path / "profiles", tmp_path / "runs", poll_interval=0.1, redraw_interval=0.1,
+                        cursor_blink=False, **kw)
 
 
 async def test_launch_quit_reattach_and_stop_with_the_real_engine(tmp_path: Path):

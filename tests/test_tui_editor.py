@@ -22,7 +22,7 @@ from tunix_tui.app import TunixApp
 from tunix_tui.core.form import ProfileForm
 from tunix_tui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen, TextScreen
 from tunix_tui.screens.editor import EditorScreen
-from screen import screen_text, wait_until
+from screen import console, screen_text, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -167,8 +167,8 @@ def anyio_backend() -> str:
 
 
 def make_app(tmp_path: Path, profile: Path) -> TunixApp:
-    return TunixApp(profile.parent, tmp_path / "runs", profile=profile, user_profiles_dir=tmp_path / "user",
-                    poll_interval=0.03, redraw_interval=0.03, runs_refresh=0.2, cursor_blink=False)
+    return console(profile.parent, tmp_path / "runs", profile=profile, poll_interval=0.03, redraw_interval=0.03,
+                   runs_refresh=0.2, cursor_blink=False)
 
 
 def notified(app: TunixApp, text: str) -> bool:

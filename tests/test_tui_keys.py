@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from textual.binding import Binding
 
-from screen import wait_until
+from screen import console, wait_until
 from tunix_tui.app import TunixApp
 from tunix_tui.keys import help_lines, help_text, key_label, own_bindings, palette_entries
 from tunix_tui.screens.compare import CompareScreen
@@ -53,7 +53,7 @@ def test_key_labels() -> None:
 
 @pytest.mark.anyio
 async def test_home_help_and_palette_come_from_its_bindings(tmp_path: Path) -> None:
-    app = TunixApp(ROOT / "profiles", tmp_path / "runs", user_profiles_dir=tmp_path / "user", cursor_blink=False)
+    app = console(ROOT / "profiles", tmp_path / "runs", cursor_blink=False)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, HomeScreen))
         home = app.screen

@@ -19,7 +19,7 @@ from tunix_tui.core.runstate import NOTICE_TTL, RunState
 from tunix_tui.progress import format_step
 from tunix_tui.screens.dashboard import DashboardScreen
 from tunix_tui.screens.dialogs import TextScreen
-from screen import screen_text, wait_until
+from screen import console as new_console, screen_text, wait_until
 
 pytestmark = pytest.mark.anyio
 T0 = 1_767_323_045.0
@@ -47,9 +47,8 @@ def live(tmp_path: Path, clock: Clock | None = None) -> FakeEngine:
 
 
 def console(tmp_path: Path, eng: FakeEngine, clock: Clock | None = None) -> TunixApp:
-    return TunixApp(tmp_path / "profiles", tmp_path / "runs", attach=eng.paths.root, user_profiles_dir=tmp_path / "u",
-                    poll_interval=0.03, redraw_interval=0.03, runs_refresh=60.0, cursor_blink=False,
-                    **({"clock": clock} if clock else {}))
+    return new_console(tmp_path / "profiles", tmp_path / "runs", attach=eng.paths.root, clock=clock,
+                        poll_interval=0.03, redraw_interval=0.03, runs_refresh=60.0, cursor_blink=False)
 
 
 async def drawn(pilot: Any, app: TunixApp, condition: Any = lambda s: True, timeout: float = 10.0) -> DashboardScreen:

@@ -16,7 +16,7 @@ from tunix_tui.app import TunixApp
 from tunix_tui.screens.dashboard import DashboardScreen
 from tunix_tui.screens.editor import EditorScreen
 from tunix_tui.screens.home import HomeScreen
-from screen import wait_until
+from screen import console, wait_until
 
 T0 = 1_767_323_045.0  # 2026-01-02 03:04:05 UTC
 SIZES = [(80, 24), (160, 48)]
@@ -41,6 +41,8 @@ def scene(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))  # the user's profiles: ~/.config/tunix-tui/profiles, shown as such
+    monkeypatch.setenv("TUNIX_TUI_CONFIG", str(tmp_path / ".config" / "tunix-tui"))
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     (profiles / "demo.toml").write_text(DEMO_PROFILE)
@@ -74,8 +76,8 @@ def scene(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def app_for(**kw: Any) -> TunixApp:
-    return TunixApp(Path("profiles"), Path("runs"), user_profiles_dir=Path("userprofiles"), clock=lambda: T0 + 100,
-                    poll_interval=0.02, redraw_interval=0.02, runs_refresh=60.0, cursor_blink=False, **kw)
+    return console(Path("profiles"), Path("runs"), clock=lambda: T0 + 100, poll_interval=0.02, redraw_interval=0.02,
+                   runs_refresh=60.0, cursor_blink=False, **kw)
 
 
 @pytest.mark.parametrize("theme", THEMES, ids=lambda t: t.split("-")[1])

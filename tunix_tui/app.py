@@ -1,8 +1,9 @@
 """The Textual console: home (profiles and runs), the profile editor and the run dashboard.
 
-`TunixApp(profiles_dir, runs_dir, attach=None, profile=None).run()` opens it (the `tunix-tui` command does).
-Engines are started detached, so quitting the console, or losing the terminal (SIGHUP), leaves them running.
-Tests inject a clock, an engine spawner and faster timers.
+`TunixApp(profiles_dir, runs_dir, attach=None, profile=None).run()` opens it (the `tunix-tui` command does, from its
+options); the user's own profiles are in the settings folder ($TUNIX_TUI_CONFIG/profiles). Engines are started
+detached, so quitting the console, or losing the terminal (SIGHUP), leaves them running. A program that embeds the
+console adjusts it by subclassing: the timings and the theme are class attributes, `clock()` and `spawn()` methods.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 from textual.app import App
 from textual.binding import Binding
@@ -20,13 +21,10 @@ from textual.filter import LineFilter
 from engine.launch import prepare_run, spawn_detached
 from engine.profile_io import ProfileError
 from engine.protocol import engine_alive
+from engine.userdirs import config_dir
 
 from tunix_tui.commands import ScreenActions
-from tunix_tui.core.catalog import USER_PROFILES
 from tunix_tui.theme import DEFAULT_DARK, DEFAULT_LIGHT, THEMES, ReadableDim
-
-Spawner = Callable[..., int]  # (run_dir, resume=False) -> pid
-
 
 class TunixApp(App[None]):
     """The tunix-tui console."""
@@ -41,29 +39,33 @@ class TunixApp(App[None]):
         Binding("f10", "toggle_theme", "Theme", show=False, tooltip="Toggle light / dark theme", id="app.theme"),
     ]
 
+    poll_interval: ClassVar[float] = 0.5    # seconds between looks at a followed run's files when nothing is new
+    redraw_interval: ClassVar[float] = 0.5  # seconds between redraws of a dashboard (charts: twice that)
+    runs_refresh: ClassVar[float] = 2.0     # seconds between refreshes of the run list
+    initial_theme: ClassVar[str] = DEFAULT_DARK
+    cursor_blink: ClassVar[bool] = True     # the text fields' cursors
+
     def __init__(self, profiles_dir: Path = Path("profiles"), runs_dir: Path = Path("runs"),
-                 attach: Path | None = None, profile: Path | None = None, *, user_profiles_dir: Path | None = None,
-                 clock: Callable[[], float] = time.time, spawn: Spawner | None = None, poll_interval: float = 0.5,
-                 redraw_interval: float = 0.5, runs_refresh: float = 2.0, theme: str = DEFAULT_DARK,
-                 cursor_blink: bool = True):
+                 attach: Path | None = None, profile: Path | None = None):
         super().__init__()
         for readable in THEMES.values():
             self.register_theme(readable)
         self._readable_dim = ReadableDim()
         self.profiles_dir = Path(profiles_dir)
         self.runs_dir = Path(runs_dir)
-        self.user_profiles_dir = Path(user_profiles_dir) if user_profiles_dir else USER_PROFILES
+        self.user_profiles_dir = config_dir() / "profiles"  # $TUNIX_TUI_CONFIG/profiles, else e.g. ~/.config/…
         self.attach = Path(attach) if attach else None
         self.start_profile = Path(profile) if profile else None
-        self.clock = clock
-        self.spawn: Spawner = spawn or spawn_detached
-        self.poll_interval = poll_interval
-        self.redraw_interval = redraw_interval
-        self.runs_refresh = runs_refresh
-        self.initial_theme = theme
-        self.cursor_blink = cursor_blink
         self.opened: list[Path] = []  # runs whose dashboard was opened (for the goodbye message)
         self.hung_up = False
+
+    def clock(self) -> float:
+        """The time shown (elapsed, started, notices' ages)."""
+        return time.time()
+
+    def spawn(self, run_dir: Path, *, resume: bool = False) -> int:
+        """Start an engine for a run, detached (it outlives the console); its pid."""
+        return spawn_detached(Path(run_dir), resume=resume)
 
     def on_mount(self) -> None:
         from tunix_tui.screens.home import HomeScreen

@@ -11,11 +11,8 @@ from typing import Callable
 
 from engine.profile_io import ProfileError, load_profile
 from engine.protocol import RunPaths, RunSummary, engine_alive, summarize_run
-from engine.userdirs import config_dir
 
 from tunix_tui.core import foldcache
-
-USER_PROFILES = config_dir() / "profiles"   # $TUNIX_TUI_CONFIG/profiles, else e.g. ~/.config/tunix-tui/profiles
 
 
 @dataclass(frozen=True)
