@@ -59,6 +59,7 @@ def first_question() -> dict:
 
 def step_benchmark(steps: int) -> dict:
     from engine.launch import prepare_run
+    from engine.protocol import read_events
     from engine.train.loop import Trainer
 
     row = first_question()
@@ -80,7 +81,7 @@ def step_benchmark(steps: int) -> dict:
     code = trainer.run()
     if code != 0:
         raise SystemExit(f"training failed, see {paths.events}")
-    hist = trainer.history
+    hist = [dict(e["metrics"], step=e["step"]) for e in read_events(paths.events) if e["type"] == "step"]
     measured = hist[1:]                                     # step 1 compiles
     med = lambda key: statistics.median(h[key] for h in measured)  # noqa: E731
     prompt_len = len(trainer.encoder.ids(trainer.splits.train[0]))
@@ -112,7 +113,8 @@ def update_memory(prompt: int = 256, completion: int = 256, batch: int = 4) -> d
     from engine.train.memory import trim_host_memory
     from engine.train.optim import make_optimizer
     from engine.train.setup import load_policy
-    from engine.train.step import LossSettings, Phases, SequenceBatch, left_pad
+    from engine.train.records import TrainExample
+    from engine.train.step import LossSettings, Phases, left_pad
 
     p = load_profile(ROOT / "profiles" / "quickstart.toml", ["model.lora_rank=8", "model.lora_alpha=16.0",
                                                              "generation.max_prompt_length=256",
@@ -126,15 +128,15 @@ def update_memory(prompt: int = 256, completion: int = 256, batch: int = 4) -> d
     rng = np.random.default_rng(0)
     tokens, valid = left_pad([list(rng.integers(300, 200000, prompt)) for _ in range(batch)], prompt)
     comp = rng.integers(300, 200000, (batch, completion)).astype(np.int32)
-    seq = SequenceBatch(tokens, valid, comp, np.ones((batch, completion), np.float32))
-    adv = np.array([1.0, -1.0, 0.5, -0.5][:batch], np.float32)
-    ref = phases.reference_logprobs(seq)
-    phases.update(lora, state, seq, advantages=adv, old_logp=None, ref_logp=ref)      # compile + warm-up
+    example = TrainExample(tokens, valid, comp, np.ones((batch, completion), np.float32),
+                           np.array([1.0, -1.0, 0.5, -0.5][:batch], np.float32))
+    example = example.with_logprobs(ref_logp=phases.reference_logprobs(example.batch))
+    phases.update(lora, state, example)                       # compile + warm-up
     trim_host_memory()                                         # as the training loop does between phases
     before = _rss_kb()
     Path("/proc/self/clear_refs").write_text("5")
     t0 = time.perf_counter()
-    phases.update(lora, state, seq, advantages=adv, old_logp=None, ref_logp=ref)
+    phases.update(lora, state, example)
     seconds = time.perf_counter() - t0
     peak = _hwm_kb()
     return {"rss_before_gb": before * 1024 / 1e9, "peak_gb": peak * 1024 / 1e9,

@@ -52,6 +52,18 @@ def test_round_trip_of_adapters_optimizer_and_meta(tmp_path):
     assert step == 5 and _equal(only_lora, lora) and m["step"] == 5
 
 
+def test_an_optimizer_state_saved_before_the_non_finite_skip_restores(tmp_path):
+    from engine.train.optim import applied_updates, nonfinite_in_row
+
+    lora, opt_state = _state()
+    store = CheckpointStore(tmp_path / "ck")
+    store.save(4, lora, opt_state.inner_state, {"nonfinite_in_row": 2})    # the optimizer state of older code
+    restored = store.restore(*_state(seed=1))
+    assert _equal(restored.opt_state.inner_state, opt_state.inner_state)
+    assert jax.tree.structure(restored.opt_state) == jax.tree.structure(opt_state)
+    assert (nonfinite_in_row(restored.opt_state), applied_updates(restored.opt_state)) == (2, 1)
+
+
 def test_keeps_the_newest_k_and_restores_a_chosen_step(tmp_path):
     store = CheckpointStore(tmp_path, max_to_keep=2)
     for step in (1, 2, 3):

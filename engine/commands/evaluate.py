@@ -53,19 +53,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(run: Path, args: argparse.Namespace) -> int:
-    from flax import nnx
-
     from engine.profile_io import load_profile
     from engine.sampler import Sampler
     from engine.train.checkpoints import CheckpointStore
     from engine.train.evaluation import eval_batch_size, evaluate, select
-    from engine.train.setup import configure_compile_cache, load_policy, load_splits
+    from engine.train.setup import Policy, configure_compile_cache, load_splits
     from engine.train.text import PromptEncoder
 
     profile = load_profile(run / "profile.toml")
     configure_compile_cache()
     store = CheckpointStore(run / "checkpoints", read_only=True)
     steps = store.steps()
+    store.close()
     if not steps:
         print(f"eval: run {run.name} has no checkpoint yet", file=sys.stderr)
         return 1
@@ -76,15 +75,8 @@ def _evaluate(run: Path, args: argparse.Namespace) -> int:
     if not questions:
         print(f"eval: no {args.split} questions in {splits.description}", file=sys.stderr)
         return 1
-    model, tokenizer = load_policy(profile)
-    _, template, _ = nnx.split(model, nnx.LoRAParam, ...)
-    step, lora, _meta = store.restore_lora(args.step, template)
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    # uncommitted arrays, as in training: the run's compiled evaluation programs are then loaded from the cache
-    nnx.update(model, jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), lora))
+    policy = Policy.from_run(run, args.step, profile=profile)
+    model, tokenizer, step = policy.model, policy.tokenizer, policy.step
     preset = args.preset or profile.eval.preset
     max_tokens = args.max_tokens or profile.eval.max_generation_steps
     encoder = PromptEncoder.for_profile(tokenizer, profile)

@@ -44,27 +44,14 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _load_run_adapters(model: Any, profile: Any, run_dir: Path, step: int | None) -> int | None:
-    """Apply the run's LoRA adapters from its checkpoint (latest or `step`); None when it has none yet."""
-    from flax import nnx
-
-    from engine.model.lora import apply_lora, lora_state
+def _has_checkpoint(run_dir: Path) -> bool:
     from engine.train.checkpoints import CheckpointStore
 
+    if not (run_dir / "checkpoints").is_dir():
+        return False
     store = CheckpointStore(run_dir / "checkpoints", read_only=True)
     try:
-        if step is None and store.latest_step() is None:
-            return None
-        m = profile.model
-        apply_lora(model, m.lora_rank, m.lora_alpha, m.lora_module_path, rngs=nnx.Rngs(profile.run.seed + 1),
-                   param_dtype=model.param_dtype)
-        import jax
-        import jax.numpy as jnp
-        import numpy as np
-
-        used, lora, _ = store.restore_lora(step, lora_state(model))
-        nnx.update(model, jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), lora))   # uncommitted, as in training
-        return used
+        return store.latest_step() is not None
     finally:
         store.close()
 
@@ -104,6 +91,7 @@ def run(args: argparse.Namespace, stream: bool = False) -> dict[str, Any]:
     from engine.model.load import load_model_and_tokenizer
     from engine.profile_io import load_profile
     from engine.sampler import Sampler
+    from engine.train.setup import Policy
     from engine.train.text import PromptEncoder
 
     profile = load_profile(args.profile, args.overrides)
@@ -120,14 +108,16 @@ def run(args: argparse.Namespace, stream: bool = False) -> dict[str, Any]:
         raise ValueError(f"--top-k must be >= 0 and --top-p in (0, 1], got {top_k} and {top_p}")
     seed = args.seed if args.seed is not None else profile.run.seed
     t0 = time.perf_counter()
-    model, tok = load_model_and_tokenizer(profile.model, on_progress=lambda m: _err(f"[model] {m}"),
-                                          seed=profile.run.seed)
+    progress = lambda m: _err(f"[model] {m}")  # noqa: E731
     run_dir = Path(args.profile)
-    if run_dir.is_dir() and not args.base:
-        has_store = (run_dir / "checkpoints").is_dir()
-        used = _load_run_adapters(model, profile, run_dir, args.step) if has_store else None
-        _err(f"[model] adapters of checkpoint step {used}" if used is not None
-             else "[model] the run has no checkpoint yet: base model")
+    if run_dir.is_dir() and not args.base and (args.step is not None or _has_checkpoint(run_dir)):
+        policy = Policy.from_run(run_dir, args.step, profile=profile, on_progress=progress)
+        model, tok = policy.model, policy.tokenizer
+        _err(f"[model] adapters of checkpoint step {policy.step}")
+    else:
+        model, tok = load_model_and_tokenizer(profile.model, on_progress=progress, seed=profile.run.seed)
+        if run_dir.is_dir() and not args.base:
+            _err("[model] the run has no checkpoint yet: base model")
     encoder = PromptEncoder.for_profile(tok, profile)   # the template and stop strings training uses
     prompt = args.prompt if args.raw else encoder.text_of(args.prompt)
     prompt_ids = tok.encode(prompt, add_bos=True)
@@ -165,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("--greedy takes no --top-k/--top-p")
     from engine.profile_io import ProfileError
     from engine.tokenizer import TokenizerError
+    from engine.train.checkpoints import CheckpointError
     from engine.weights.errors import WeightsError
 
     try:
@@ -175,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         _err(f"generate: {exc}")
         return 2
-    except (WeightsError, TokenizerError, OSError) as exc:
+    except (WeightsError, TokenizerError, CheckpointError, OSError) as exc:
         _err(f"generate: {exc}")
         return 1
     if args.json:

@@ -2,8 +2,8 @@
 
 Each checkpoint holds three items:
   lora   the adapter parameters, a flat {dotted path: array} (readable without the optimizer),
-  opt    the optimizer state, flat {dotted path: array},
-  meta   JSON: step, data position, RNG key, non-finite counter, the profile fingerprint, time.
+  opt    the optimizer state, flat {dotted path: array} (the non-finite updates in a row among it),
+  meta   JSON: step, data position, RNG key, update counts, the profile fingerprint, time.
 Orbax writes each step into a temporary folder and renames it when complete, so a crash mid-save leaves the
 previous checkpoint as the latest usable one (temporary folders are ignored and cleaned up). A state that holds a
 non-finite value is never saved.
@@ -172,6 +172,20 @@ def unflatten_named(template: Any, flat: dict[str, Any], what: str) -> Any:
                 ([f"shape {', '.join(wrong[:5])}"] if wrong else [])
         raise CheckpointError(f"the saved {what} does not fit this model: " + "; ".join(parts))
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
+
+
+def upgrade_optimizer_state(flat: dict[str, Any], template: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """A flat optimizer state saved before the optimizer skipped non-finite updates itself (`optax.apply_if_finite`
+    around it, engine.train.optim) in the names of today's: the saved state is the inner one, and the count of
+    non-finite updates in a row was kept in the meta. Any other state is returned as it is."""
+    names = {leaf_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(template)[0]}
+    if "notfinite_count" not in names or "notfinite_count" in flat or any(k.startswith("inner_state.") for k in flat):
+        return flat
+    out: dict[str, Any] = {f"inner_state.{k}": v for k, v in flat.items()}
+    n = int(meta.get("nonfinite_in_row", 0))
+    out.update(notfinite_count=np.asarray(n, np.int32), last_finite=np.asarray(n == 0),
+               total_notfinite=np.asarray(n, np.int32))
+    return out
 
 
 def all_finite(tree: Any) -> bool:
@@ -380,7 +394,8 @@ class CheckpointStore:
         out = self._manager.restore(step, args=ocp.args.Composite(lora=ocp.args.StandardRestore(),
                                                                    opt=ocp.args.StandardRestore()))
         lora = unflatten_named(lora_template, dict(out["lora"]), "adapters")
-        opt_state = unflatten_named(opt_template, dict(out["opt"]), "optimizer state")
+        opt_state = unflatten_named(opt_template, upgrade_optimizer_state(dict(out["opt"]), opt_template, meta),
+                                    "optimizer state")
         if not all_finite(lora) or not all_finite(opt_state):
             raise CheckpointError(f"the checkpoint of step {step} holds NaN or infinite values")
         return Restored(step=step, lora=lora, opt_state=opt_state, meta=meta)

@@ -1,6 +1,10 @@
 """The GRPO training process: load, (restore,) then per step rollout -> rewards -> reference -> update(s) ->
 metrics, with evaluation and checkpoints on their cadence, and live control between phases.
 
+A step passes records (engine.train.records): the rollout phase makes a `Rollout`, `score` a `ScoredRollout`,
+`to_example` and the reference phase a `TrainExample`, and the update phase applies the pure update
+(engine.train.step.update) to it, `grpo.num_iterations` times.
+
 `Trainer(run_dir).run()` does a whole run and returns the process exit code (0 finished or stopped, 1 failed).
 Everything the console needs goes to RUN_DIR/events.jsonl; nothing is written outside the run directory.
 """
@@ -11,6 +15,7 @@ import json
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,8 +49,20 @@ class TrainState:
     lora: Any
     opt_state: Any
     data_position: dict[str, int]
-    updates: int = 0
-    nonfinite_in_row: int = 0
+
+    @property
+    def updates(self) -> int:
+        """Updates applied so far (the learning-rate schedule's position), as the optimizer state counts them."""
+        from engine.train.optim import applied_updates
+
+        return applied_updates(self.opt_state)
+
+    @property
+    def nonfinite_in_row(self) -> int:
+        """Non-finite updates skipped in a row, as the optimizer state counts them."""
+        from engine.train.optim import nonfinite_in_row
+
+        return nonfinite_in_row(self.opt_state)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -60,6 +77,35 @@ class Timer:
 
     def add(self, name: str, seconds: float) -> None:
         self.times[name] = self.times.get(name, 0.0) + seconds
+
+
+@dataclass
+class StepTally:
+    """What the run's `summary` takes from this process's steps."""
+    steps: int = 0
+    steady_steps: int = 0
+    steady_seconds: float = 0.0
+    recent_rewards: deque = field(default_factory=lambda: deque(maxlen=10))   # reward_mean of the last 10 steps
+
+    def add(self, metrics: dict[str, float], steady: bool) -> None:
+        self.steps += 1
+        if steady:
+            self.steady_steps += 1
+            self.steady_seconds += metrics["time_step"]
+        self.recent_rewards.append(metrics.get("reward_mean"))
+
+    @property
+    def step_seconds(self) -> float | None:
+        return self.steady_seconds / self.steady_steps if self.steady_steps else None
+
+    @property
+    def final_reward(self) -> float | None:
+        return self.recent_rewards[-1] if self.recent_rewards else None
+
+    @property
+    def recent_reward(self) -> float | None:
+        finite = [r for r in self.recent_rewards if r is not None and np.isfinite(r)]
+        return float(np.mean(finite)) if finite else None
 
 
 class Trainer:
@@ -84,7 +130,7 @@ class Trainer:
         self._compiling: tuple | None = None   # the program in its first use: (name, step, start, stats, held)
         self.compile_cache: Path | None = None
         self.total_steps = 0
-        self.history: list[dict[str, Any]] = []   # step metrics of this process (ETA, plateau, summary)
+        self.tally = StepTally()   # this process's steps, for the summary
         # figures of the whole run for its `summary` (kept in checkpoints, so a resumed run continues them)
         self.figures: dict[str, Any] = {"best_reward": None, "best_reward_step": None, "baseline_eval": None,
                                         "final_eval": None, "last_eval": None}
@@ -212,7 +258,7 @@ class Trainer:
         self.per_epoch = self.total_steps // max(p.training.num_epochs, 1)
 
     def _load_model(self, p: Profile) -> None:
-        from engine.train.setup import load_policy
+        from engine.train.setup import Policy
 
         self.log.status("loading", detail=f"model {p.model.model_size} from {p.model.weight_source}")
         last = [0.0]
@@ -223,11 +269,10 @@ class Trainer:
                 self.log.status("loading", detail=f"model: {message}", force=True)
             log.info("model: %s", message)
 
-        self.model, self.tokenizer = load_policy(p, progress)
+        self.policy = Policy.load(p, progress)
+        self.model, self.tokenizer = self.policy.model, self.policy.tokenizer
 
     def _build_training(self, p: Profile) -> None:
-        from flax import nnx
-
         from engine.rewards import resolve_rewards
         from engine.sampler import Sampler
         from engine.train.optim import learning_rate_schedule, make_optimizer
@@ -249,7 +294,7 @@ class Trainer:
         self.schedule = learning_rate_schedule(p.optimizer, n_updates)
         self.optimizer = make_optimizer(p.optimizer, n_updates)
         self.phases = Phases(self.model, self.optimizer, LossSettings.from_profile(p))
-        _, lora, _ = nnx.split(self.model, nnx.LoRAParam, ...)
+        lora = self.policy.lora
         self.state = TrainState(step=0, lora=lora, opt_state=self.optimizer.init(lora),
                                 data_position=self.iterator.state_dict())
         self._eval_sampler: Any = None
@@ -272,8 +317,6 @@ class Trainer:
     def _restore(self, step: int) -> None:
         """Restore the newest checkpoint that restores whole (`step` is the newest candidate); the damaged newer ones
         are moved aside, each named with why in a warning."""
-        from flax import nnx
-
         from engine.train.checkpoints import CheckpointError, fingerprint_differences
 
         plan = self._resume_plan
@@ -295,20 +338,16 @@ class Trainer:
         if changes:
             self.log.info("resuming with changed profile keys (--allow-changes): " + "; ".join(changes),
                           level="warning")
-        import jax.numpy as jnp
         import jax
+        import jax.numpy as jnp
 
-        # by way of numpy: arrays not committed to a device, as a fresh run's are; committed ones would make every
-        # program that takes them a new one, compiled again rather than loaded from the compilation cache
-        lora = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), restored.lora)
+        lora = self.policy.use_adapters(restored.lora, step=restored.step)
+        # uncommitted arrays, as the adapters (see Policy.use_adapters)
         opt_state = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), restored.opt_state)
-        nnx.update(self.model, lora)
-        meta = restored.meta
         self.state = TrainState(step=restored.step, lora=lora, opt_state=opt_state,
-                                data_position=self.iterator.state_dict(), updates=int(meta.get("updates", 0)),
-                                nonfinite_in_row=int(meta.get("nonfinite_in_row", 0)))
+                                data_position=self.iterator.state_dict())
         self._saved_step = restored.step
-        self.figures.update(meta.get("figures") or {})
+        self.figures.update(restored.meta.get("figures") or {})
         skipped = len(plan.damaged) + len(failed)
         self.log.info(f"resumed from the checkpoint of step {restored.step}"
                       + (f", the newest that restores ({skipped} damaged set aside)" if skipped else ""),
@@ -440,125 +479,32 @@ class Trainer:
             self._step(self.state.step + 1)
 
     def _step(self, step: int) -> None:
-        import jax.numpy as jnp  # noqa: F401 - jax is loaded by now
-
-        from engine.rewards import score_all
-        from engine.train.metrics import length_metrics, mean_update_metrics, reward_metrics, sample_groups
-        from engine.train.step import SequenceBatch, left_pad
-
+        """rollout -> score -> the update's example (reference) -> update(s) -> report, then checkpoint and
+        evaluation on their cadence."""
+        from engine.train.records import score, to_example
         from engine.train.setup import COMPILE_STATS
 
         p = self.profile
-        G = p.grpo.num_generations
         timer = Timer()
         t_step, held_before = time.perf_counter(), self.control.held_seconds
         compiled_before, compile_before = len(self._compiled), COMPILE_STATS.seconds
 
-        # rollout ------------------------------------------------------------------------------------------------
-        self._enter("rollout", step, compiles="sampler")
-        t0 = time.perf_counter()
-        examples = next(self.iterator)
-        position = self.iterator.state_dict()
-        ids = [self.encoder.ids(e) for e in examples]
-        prompt_ids = [row for row in ids for _ in range(G)]
-        on_partial = (self._partial_callback(step, G) if p.logging.samples_per_step > 0
-                      and p.generation.partial_every > 0 else None)   # partial_every = 0: never
-        held = self.control.held_seconds
-        out = self.sampler(prompt_ids, temperature=p.generation.temperature, top_k=p.generation.top_k,
-                           top_p=p.generation.top_p, seed=step_seed(p.run.seed, step), on_partial=on_partial,
-                           partial_every=max(p.generation.partial_every, 1), between_chunks=self._boundary)
-        if on_partial is not None:   # the rollout is over: the console clears its "generating" line
-            self._emit_partial(step, [list(out.tokens[i, :out.lengths[i]]) for i in range(G)], done=True)
-        texts = self.encoder.completions(out.tokens, out.lengths, self.eos_ids)
-        # the adapters change every step, so the sampler's re-laid-out weight copy (the size of the layer weights)
-        # would only be rebuilt; meanwhile the update needs the memory
-        self.sampler.release()
-        timer.add("rollout", time.perf_counter() - t0 - (self.control.held_seconds - held))   # not the time paused
-
-        # rewards ------------------------------------------------------------------------------------------------
+        rollout, position = self._rollout(step, timer)
         self._enter("rewards", step)
         t0 = time.perf_counter()
-        prompts_text = [self.encoder.text(e) for e in examples for _ in range(G)]
-        answers = [e.answer for e in examples for _ in range(G)]
-        scores = score_all(self.rewards, prompts_text, texts, answers)
-        advantages = self._advantages(scores.total, G, p)
+        scored = score(rollout, self.rewards, scale_by_std=p.grpo.advantage_normalization == "std")
         timer.add("rewards", time.perf_counter() - t0)
+        example = self._logprobs(step, to_example(scored, self.prompt_width, self.tokenizer.pad_id), timer)
+        update_metrics, lr = self._update(step, example, position, timer)
 
-        # reference (and old policy) log-probabilities ----------------------------------------------------------
-        prompt_tokens, prompt_valid = left_pad(ids, self.prompt_width,
-                                               self.tokenizer.pad_id)   # one row per prompt, shared by its group
-        C = out.tokens.shape[1]
-        mask = (np.arange(C)[None, :] < out.lengths[:, None]).astype(np.float32)
-        batch = SequenceBatch(prompt_tokens, prompt_valid, out.tokens.astype(np.int32), mask)
-        ref_logp = old_logp = None
-        if p.grpo.beta != 0 or p.grpo.num_iterations > 1:
-            self._enter("reference", step, compiles="log-probabilities")
-            t0 = time.perf_counter()
-            if p.grpo.beta != 0:
-                ref_logp = self.phases.reference_logprobs(batch)
-            if p.grpo.num_iterations > 1:
-                old_logp = self.phases.logprobs(self.state.lora, batch)
-            timer.add("reference", time.perf_counter() - t0)
-
-        # update(s) ----------------------------------------------------------------------------------------------
-        self._enter("update", step, compiles="update")
-        t0 = time.perf_counter()
-        lora, opt_state, updates = self.state.lora, self.state.opt_state, self.state.updates
-        per_iteration = []
-        lr = float(self.schedule(updates))
-        for _ in range(p.grpo.num_iterations):
-            lora, opt_state, m = self.phases.update(lora, opt_state, batch, advantages=advantages,
-                                                    old_logp=old_logp, ref_logp=ref_logp)
-            per_iteration.append(m)
-            updates += int(m["finite"] >= 0.5)
-        from flax import nnx
-
-        nnx.update(self.model, lora)
-        update_metrics = mean_update_metrics(per_iteration, max_grad_norm=p.optimizer.max_grad_norm)
-        skipped = update_metrics["skipped"] > 0
-        self.state = TrainState(step=step, lora=lora, opt_state=opt_state, data_position=position, updates=updates,
-                                nonfinite_in_row=self.state.nonfinite_in_row + 1 if skipped else 0)
-        timer.add("update", time.perf_counter() - t0)
-
-        # metrics ------------------------------------------------------------------------------------------------
         self._compiled_end()
         self.log.status("running", phase="metrics", step=step)
-        from engine.train.memory import memory_stats
-
-        generated = int(out.lengths.sum())
-        metrics: dict[str, float] = {}
-        metrics.update(update_metrics)
-        metrics.update(reward_metrics(scores, G))
-        metrics.update(length_metrics(out.lengths, out.truncated))
-        metrics["learning_rate"] = lr
-        metrics["tokens_per_s"] = generated / max(timer.times.get("rollout", 0.0), 1e-9)
-        for name in ("rollout", "rewards", "reference", "update"):
-            metrics[f"time_{name}"] = timer.times.get(name, 0.0)
-        metrics["time_step"] = time.perf_counter() - t_step - (self.control.held_seconds - held_before)
-        memory = memory_stats()
-        epoch = (step - 1) // max(self.per_epoch, 1)
-        # a steady step compiled nothing: its time predicts the next ones (an ETA leaves the others out)
         compile_seconds = COMPILE_STATS.seconds - compile_before
+        # a steady step compiled nothing: its time predicts the next ones (an ETA leaves the others out)
         steady = len(self._compiled) == compiled_before and compile_seconds < STEADY_COMPILE_SECONDS
-        self.log.emit("step", step=step, total_steps=self.total_steps, epoch=epoch, metrics=metrics, memory=memory,
-                      compile_seconds=compile_seconds, steady=steady)
-        self.history.append(dict(metrics, step=step, steady=steady))
-        reward = metrics.get("reward_mean")
-        if reward is not None and np.isfinite(reward) and (self.figures["best_reward"] is None
-                                                          or reward > self.figures["best_reward"]):
-            self.figures.update(best_reward=float(reward), best_reward_step=step)
-        self.watch.after_step(step, metrics, memory)
-        for sample in sample_groups(step=step, questions=[e.question for e in examples],
-                                    answers=[e.answer for e in examples], texts=texts, scores=scores,
-                                    advantages=advantages, lengths=out.lengths, truncated=out.truncated,
-                                    group_size=G, num_groups=p.logging.samples_per_step):
-            self.log.emit("sample", **sample)
-            self.wandb.log_samples(step, sample["prompt"], sample["answer"], sample["completions"])
-        self.wandb.log_step(step, metrics, memory)
-        if skipped:
-            self._nonfinite(step, update_metrics)
+        timer.add("step", time.perf_counter() - t_step - (self.control.held_seconds - held_before))
+        self._report(scored, update_metrics, lr, timer, compile_seconds=compile_seconds, steady=steady)
 
-        # checkpoint, evaluation ---------------------------------------------------------------------------------
         t = p.training
         if t.save_interval_steps and step % t.save_interval_steps == 0:
             self._save("interval")
@@ -567,13 +513,110 @@ class Trainer:
             evaluation = self._evaluate("validation", p.eval.num_questions, step=step)
         self.watch.after_evaluations(step, evaluation)
 
-    @staticmethod
-    def _advantages(total: np.ndarray, group_size: int, p: Profile) -> np.ndarray:
-        from engine.grpo.advantages import group_advantages
+    def _rollout(self, step: int, timer: Timer) -> tuple[Any, dict[str, int]]:
+        """The rollout phase: the step's prompts and G completions of each (their partial text streamed as `partial`
+        events) -> (Rollout, the data position after it)."""
+        from engine.train.records import Rollout
 
-        adv = group_advantages(np.asarray(total, np.float32), group_size,
-                               scale_by_std=p.grpo.advantage_normalization == "std")
-        return np.asarray(adv, np.float32)
+        p = self.profile
+        G = p.grpo.num_generations
+        self._enter("rollout", step, compiles="sampler")
+        t0 = time.perf_counter()
+        examples = next(self.iterator)
+        position = self.iterator.state_dict()
+        ids = [self.encoder.ids(e) for e in examples]
+        on_partial = (self._partial_callback(step, G) if p.logging.samples_per_step > 0
+                      and p.generation.partial_every > 0 else None)   # partial_every = 0: never
+        held = self.control.held_seconds
+        out = self.sampler([row for row in ids for _ in range(G)], temperature=p.generation.temperature,
+                           top_k=p.generation.top_k, top_p=p.generation.top_p, seed=step_seed(p.run.seed, step),
+                           on_partial=on_partial, partial_every=max(p.generation.partial_every, 1),
+                           between_chunks=self._boundary)
+        if on_partial is not None:   # the rollout is over: the console clears its "generating" line
+            self._emit_partial(step, [list(out.tokens[i, :out.lengths[i]]) for i in range(G)], done=True)
+        texts = self.encoder.completions(out.tokens, out.lengths, self.eos_ids)
+        # the adapters change every step, so the sampler's re-laid-out weight copy (the size of the layer weights)
+        # would only be rebuilt; meanwhile the update needs the memory
+        self.sampler.release()
+        timer.add("rollout", time.perf_counter() - t0 - (self.control.held_seconds - held))   # not the time paused
+        rollout = Rollout(step=step, examples=list(examples), prompts=[self.encoder.text(e) for e in examples],
+                          prompt_ids=ids, tokens=out.tokens, lengths=out.lengths, truncated=out.truncated,
+                          texts=texts, group_size=G)
+        return rollout, position
+
+    def _logprobs(self, step: int, example: Any, timer: Timer) -> Any:
+        """The reference phase: the reference model's log-probabilities (beta > 0) and the sampling policy's (more
+        than one update per rollout) -> the example with them."""
+        p = self.profile
+        if p.grpo.beta == 0 and p.grpo.num_iterations == 1:
+            return example
+        self._enter("reference", step, compiles="log-probabilities")
+        t0 = time.perf_counter()
+        batch = example.batch
+        example = example.with_logprobs(
+            ref_logp=self.phases.reference_logprobs(batch) if p.grpo.beta != 0 else None,
+            old_logp=self.phases.logprobs(self.state.lora, batch) if p.grpo.num_iterations > 1 else None)
+        timer.add("reference", time.perf_counter() - t0)
+        return example
+
+    def _update(self, step: int, example: Any, position: dict[str, int], timer: Timer) -> tuple[dict, float]:
+        """The update phase: `grpo.num_iterations` updates on the example, committed as the new state -> (the
+        update metrics averaged over them, the learning rate of the first)."""
+        from flax import nnx
+
+        from engine.train.metrics import mean_update_metrics
+
+        p = self.profile
+        self._enter("update", step, compiles="update")
+        t0 = time.perf_counter()
+        lora, opt_state = self.state.lora, self.state.opt_state
+        lr = float(self.schedule(self.state.updates))
+        per_iteration = []
+        for _ in range(p.grpo.num_iterations):
+            lora, opt_state, m = self.phases.update(lora, opt_state, example)
+            per_iteration.append(m)
+        nnx.update(self.model, lora)
+        self.state = TrainState(step=step, lora=lora, opt_state=opt_state, data_position=position)
+        timer.add("update", time.perf_counter() - t0)
+        return mean_update_metrics(per_iteration, max_grad_norm=p.optimizer.max_grad_norm), lr
+
+    def _report(self, scored: Any, update_metrics: dict[str, float], lr: float, timer: Timer, *,
+                compile_seconds: float, steady: bool) -> None:
+        """The metrics phase: the `step` event, alerts and system figures, `sample` events, W&B, and the error of a
+        skipped (non-finite) update."""
+        from engine.train.memory import memory_stats
+        from engine.train.metrics import length_metrics, reward_metrics, sample_groups
+
+        p = self.profile
+        rollout = scored.rollout
+        step, G = rollout.step, rollout.group_size
+        metrics: dict[str, float] = {}
+        metrics.update(update_metrics)
+        metrics.update(reward_metrics(scored.scores, G))
+        metrics.update(length_metrics(rollout.lengths, rollout.truncated))
+        metrics["learning_rate"] = lr
+        metrics["tokens_per_s"] = int(rollout.lengths.sum()) / max(timer.times.get("rollout", 0.0), 1e-9)
+        for name in ("rollout", "rewards", "reference", "update", "step"):
+            metrics[f"time_{name}"] = timer.times.get(name, 0.0)
+        memory = memory_stats()
+        epoch = (step - 1) // max(self.per_epoch, 1)
+        self.log.emit("step", step=step, total_steps=self.total_steps, epoch=epoch, metrics=metrics, memory=memory,
+                      compile_seconds=compile_seconds, steady=steady)
+        self.tally.add(metrics, steady)
+        reward = metrics.get("reward_mean")
+        if reward is not None and np.isfinite(reward) and (self.figures["best_reward"] is None
+                                                          or reward > self.figures["best_reward"]):
+            self.figures.update(best_reward=float(reward), best_reward_step=step)
+        self.watch.after_step(step, metrics, memory)
+        for sample in sample_groups(step=step, questions=rollout.questions, answers=rollout.answers,
+                                    texts=rollout.texts, scores=scored.scores, advantages=scored.advantages,
+                                    lengths=rollout.lengths, truncated=rollout.truncated, group_size=G,
+                                    num_groups=p.logging.samples_per_step):
+            self.log.emit("sample", **sample)
+            self.wandb.log_samples(step, sample["prompt"], sample["answer"], sample["completions"])
+        self.wandb.log_step(step, metrics, memory)
+        if update_metrics["skipped"] > 0:
+            self._nonfinite(step, update_metrics)
 
     def _nonfinite(self, step: int, update_metrics: dict[str, float]) -> None:
         n = self.state.nonfinite_in_row
@@ -685,18 +728,15 @@ class Trainer:
     def _summary(self, status: str) -> None:
         """The `summary` event that closes a finished or stopped run (never fails the run)."""
         try:
-            steady = [h["time_step"] for h in self.history if h.get("steady")]
-            recent = [h["reward_mean"] for h in self.history[-10:]
-                      if h.get("reward_mean") is not None and np.isfinite(h["reward_mean"])]
             with open(self.paths.events, "rb") as fh:
                 began = float(json.loads(fh.readline())["t"])
             saved = self._saved_step
+            tally = self.tally
             self.log.emit("summary", status=status, step=self.state.step if self.state else 0,
                           total_steps=self.total_steps, wall_seconds=time.time() - self._started,
-                          elapsed_seconds=time.time() - began, steps_this_process=len(self.history),
-                          step_seconds=float(np.mean(steady)) if steady else None,
-                          final_reward=self.history[-1].get("reward_mean") if self.history else None,
-                          recent_reward=float(np.mean(recent)) if recent else None, **self.figures,
+                          elapsed_seconds=time.time() - began, steps_this_process=tally.steps,
+                          step_seconds=tally.step_seconds, final_reward=tally.final_reward,
+                          recent_reward=tally.recent_reward, **self.figures,
                           checkpoint_step=saved, checkpoint=str(self.store.path(saved)) if saved is not None else None,
                           run_dir=str(self.paths.root))
         except Exception as exc:  # noqa: BLE001

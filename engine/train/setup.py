@@ -131,3 +131,65 @@ def load_policy(p: Profile, on_progress: Callable[[str], None] | None = None) ->
     apply_lora(model, p.model.lora_rank, p.model.lora_alpha, p.model.lora_module_path,
                rngs=nnx.Rngs(p.run.seed + 1), param_dtype=model.param_dtype)
     return model, tokenizer
+
+
+class Policy:
+    """A profile's model with its LoRA adapters, and its tokenizer: fresh (`load`, training from step 0) or with the
+    adapters of a run's checkpoint (`from_run`: generation, evaluation; a resumed run restores them with its
+    optimizer state and hands them to `use_adapters`)."""
+
+    def __init__(self, profile: Profile, model: Any, tokenizer: Any, step: int | None = None):
+        self.profile, self.model, self.tokenizer = profile, model, tokenizer
+        self.step = step   # the checkpoint step whose adapters the model holds; None: fresh adapters
+
+    @classmethod
+    def load(cls, profile: Profile, on_progress: Callable[[str], None] | None = None) -> "Policy":
+        model, tokenizer = load_policy(profile, on_progress)
+        return cls(profile, model, tokenizer)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, step: int | None = None, *, profile: Profile | None = None,
+                 on_progress: Callable[[str], None] | None = None) -> "Policy":
+        """A run's model: the base weights of its profile (or `profile`, e.g. the run's with overrides) with the
+        adapters of its checkpoint `step` (the latest by default). Only reads the run. CheckpointError when the run
+        has no such checkpoint (checked before the model loads)."""
+        from engine.profile_io import load_profile
+        from engine.train.checkpoints import CheckpointError, CheckpointStore
+
+        run_dir = Path(run_dir)
+        profile = profile if profile is not None else load_profile(run_dir / "profile.toml")
+        store = CheckpointStore(run_dir / "checkpoints", read_only=True)
+        try:
+            steps = store.steps()
+            if not steps:
+                raise CheckpointError(f"run {run_dir.name} has no checkpoint yet")
+            if step is not None and step not in steps:
+                raise CheckpointError(f"run {run_dir.name} has no checkpoint of step {step}; saved steps: "
+                                      f"{', '.join(map(str, steps))}")
+            policy = cls.load(profile, on_progress)
+            used, lora, _ = store.restore_lora(step, policy.lora)
+        finally:
+            store.close()
+        policy.use_adapters(lora, step=used)
+        return policy
+
+    @property
+    def lora(self) -> Any:
+        """The adapters (nnx.State of the LoRA parameters)."""
+        from flax import nnx
+
+        return nnx.split(self.model, nnx.LoRAParam, ...)[1]
+
+    def use_adapters(self, lora: Any, *, step: int | None = None) -> Any:
+        """Put adapters (e.g. restored ones) into the model, and return them as the model now holds them: by way of
+        numpy, arrays not committed to a device, as a fresh model's are; committed ones would make every program
+        that takes them a new one, compiled again rather than loaded from the compilation cache."""
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+        from flax import nnx
+
+        lora = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), lora)
+        nnx.update(self.model, lora)
+        self.step = step
+        return lora

@@ -9,6 +9,7 @@ set to zero (`engine.model.lora.lora_disabled`), which adds exactly 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import jax
@@ -84,74 +85,82 @@ def completion_logprobs(model: Any, prompt_tokens: jax.Array, prompt_valid: jax.
                           compute_entropy=for_gradient)
 
 
+@dataclass(frozen=True)
+class UpdateSpec:
+    """What is static about the update and the log-probability pass: the model's structure (its graphdef), the
+    optimizer and the loss settings. Hashable: the jitted functions take it as a static argument."""
+    graphdef: Any
+    optimizer: optax.GradientTransformation
+    loss: LossSettings
+
+
+def grpo_objective(lora: Any, base: Any, example: Any, spec: UpdateSpec) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The GRPO loss of the adapters `lora` on one `TrainExample` (engine.train.records), with its metrics (the
+    tokens' mean entropy among them). Differentiable in `lora`."""
+    s = spec.loss
+    model = nnx.merge(spec.graphdef, lora, base)
+    mask = example.completion_mask
+    logp, entropy = completion_logprobs(model, example.prompt_tokens, example.prompt_valid, example.completion, mask,
+                                        temperature=s.temperature, chunk_size=s.chunk_size, for_gradient=True,
+                                        remat=s.remat)
+    loss, metrics = grpo_loss(logp, example.old_logp, example.ref_logp if s.beta != 0 else None, example.advantages,
+                              mask, beta=s.beta, epsilon=s.epsilon, epsilon_high=s.epsilon_high,
+                              kl_estimator=s.kl_estimator, loss_agg=s.loss_agg, max_len=s.max_len)
+    metrics["entropy"] = (entropy * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+    return loss, metrics
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def update(lora: Any, opt_state: Any, base: Any, example: Any, spec: UpdateSpec) -> tuple[Any, Any, dict]:
+    """One optimizer update of the adapters on a `TrainExample`: a pure function -> (adapters, optimizer state,
+    metrics: the loss's, `grad_norm` before clipping, `finite`).
+
+    The optimizer (engine.train.optim.make_optimizer) skips a non-finite gradient (`optax.apply_if_finite`): the
+    update is zero and its inner state is kept, so the adapters and the AdamW state stay exactly as they were. A
+    non-finite loss counts as a non-finite gradient (its gradient is made NaN), so it is skipped the same way."""
+    grads, metrics = jax.grad(grpo_objective, has_aux=True)(lora, base, example, spec)
+    loss = metrics["loss"]
+    grad_norm = optax.tree.norm(grads)
+    loss_finite = jnp.isfinite(loss)
+    grads = jax.tree.map(lambda g: jnp.where(loss_finite, g, jnp.nan), grads)
+    updates, new_opt = spec.optimizer.update(grads, opt_state, lora)
+    new_lora = optax.apply_updates(lora, updates)
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, finite=loss_finite & jnp.isfinite(grad_norm))
+    return new_lora, new_opt, metrics
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def policy_logprobs(lora: Any, base: Any, batch: tuple, spec: UpdateSpec) -> jax.Array:
+    """Per-token log-probabilities f32 [B, C] of the completions of `batch` (SequenceBatch.arrays()) under the
+    adapters `lora` (the reference model: `lora_disabled(lora)`)."""
+    s = spec.loss
+    model = nnx.merge(spec.graphdef, lora, base)
+    logp, _ = completion_logprobs(model, *batch, temperature=s.temperature, chunk_size=s.chunk_size)
+    return logp
+
+
 class Phases:
-    """The reference / old-policy log-probability pass and the update, jitted once for a model and optimizer."""
+    """The update and the log-probability passes for one model and optimizer: holds what they share (the model split
+    once into structure, adapters and base weights; the reference's zero adapters) and brings results to the host."""
 
     def __init__(self, model: Any, optimizer: optax.GradientTransformation, settings: LossSettings):
-        self.settings = settings
-        self.optimizer = optimizer
-        self.graphdef, lora, self.base = nnx.split(model, nnx.LoRAParam, ...)
+        graphdef, lora, self.base = nnx.split(model, nnx.LoRAParam, ...)
+        self.spec = UpdateSpec(graphdef, optimizer, settings)
         self.zero_lora = lora_disabled(lora)
-        self._logprobs = jax.jit(self._logprobs_impl)
-        self._update = jax.jit(self._update_impl)
 
-    # -- pure functions (traced) --------------------------------------------------------------------------------
-
-    def _logprobs_impl(self, lora: Any, base: Any, prompt_tokens: jax.Array, prompt_valid: jax.Array,
-                       completion: jax.Array, completion_mask: jax.Array) -> jax.Array:
-        model = nnx.merge(self.graphdef, lora, base)
-        s = self.settings
-        logp, _ = completion_logprobs(model, prompt_tokens, prompt_valid, completion, completion_mask,
-                                      temperature=s.temperature, chunk_size=s.chunk_size)
-        return logp
-
-    def _loss(self, lora: Any, base: Any, batch: tuple, old_logp: jax.Array | None, ref_logp: jax.Array | None,
-              advantages: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        s = self.settings
-        model = nnx.merge(self.graphdef, lora, base)
-        prompt_tokens, prompt_valid, completion, mask = batch
-        logp, entropy = completion_logprobs(model, prompt_tokens, prompt_valid, completion, mask,
-                                            temperature=s.temperature, chunk_size=s.chunk_size, for_gradient=True,
-                                            remat=s.remat)
-        loss, metrics = grpo_loss(logp, old_logp, ref_logp if s.beta != 0 else None, advantages, mask, beta=s.beta,
-                                  epsilon=s.epsilon, epsilon_high=s.epsilon_high, kl_estimator=s.kl_estimator,
-                                  loss_agg=s.loss_agg, max_len=s.max_len)
-        metrics["entropy"] = (entropy * mask).sum() / jnp.maximum(mask.sum(), 1.0)
-        return loss, metrics
-
-    def _update_impl(self, lora: Any, opt_state: Any, base: Any, batch: tuple, old_logp: jax.Array | None,
-                     ref_logp: jax.Array | None, advantages: jax.Array) -> tuple:
-        grad_fn = jax.grad(self._loss, has_aux=True)
-        grads, metrics = grad_fn(lora, base, batch, old_logp, ref_logp, advantages)
-        loss = metrics["loss"]
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt = self.optimizer.update(grads, opt_state, lora)
-        new_lora = optax.apply_updates(lora, updates)
-        # A non-finite loss or gradient leaves adapters and optimizer state exactly as they were.
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        new_lora = jax.tree.map(keep, new_lora, lora)
-        new_opt = jax.tree.map(keep, new_opt, opt_state)
-        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, finite=finite)
-        return new_lora, new_opt, metrics
-
-    # -- host-side calls ----------------------------------------------------------------------------------------
+    @property
+    def settings(self) -> LossSettings:
+        return self.spec.loss
 
     def logprobs(self, lora: Any, batch: SequenceBatch) -> np.ndarray:
         """Per-token log-probabilities of the completions under `lora` (the old policy), f32 [B, C]."""
-        return np.asarray(self._logprobs(lora, self.base, *batch.arrays()))
+        return np.asarray(policy_logprobs(lora, self.base, batch.arrays(), self.spec))
 
     def reference_logprobs(self, batch: SequenceBatch) -> np.ndarray:
         """The same under the reference model (adapters off)."""
-        return np.asarray(self._logprobs(self.zero_lora, self.base, *batch.arrays()))
+        return np.asarray(policy_logprobs(self.zero_lora, self.base, batch.arrays(), self.spec))
 
-    def update(self, lora: Any, opt_state: Any, batch: SequenceBatch, *, advantages: np.ndarray,
-               old_logp: np.ndarray | None, ref_logp: np.ndarray | None) -> tuple[Any, Any, dict[str, float]]:
-        """One optimizer update; returns (adapters, optimizer state, metrics as floats incl. `finite` 0/1)."""
-        new_lora, new_opt, metrics = self._update(
-            lora, opt_state, self.base, tuple(jnp.asarray(a) for a in batch.arrays()),
-            None if old_logp is None else jnp.asarray(old_logp),
-            None if ref_logp is None else jnp.asarray(ref_logp),
-            jnp.asarray(advantages, jnp.float32))
-        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        return new_lora, new_opt, host
+    def update(self, lora: Any, opt_state: Any, example: Any) -> tuple[Any, Any, dict[str, float]]:
+        """`update` on a TrainExample; the metrics as floats (`finite` 0/1)."""
+        new_lora, new_opt, metrics = update(lora, opt_state, self.base, example, self.spec)
+        return new_lora, new_opt, {k: float(v) for k, v in jax.device_get(metrics).items()}
