@@ -15,7 +15,8 @@ import fake_engine
 from engine.launch import engine_env, prepare_run
 from tests.conftest import cli_cmd
 from tunix_tui.sweep import (Runner, Sweep, check_grid, create_sweep, expand, find_sweep, format_sweeps, label,
-                             parse_grid, prepare_resume, run_sweep_command, split_values, sweep_of_runs)
+                             parse_grid, prepare_resume, run_sweep_command, split_values, sweep_of_runs,
+                             sweep_runs)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "profiles" / "tiny.toml")
@@ -93,6 +94,24 @@ def test_stop_then_resume(tmp_path):
     assert prepare_resume(stopped) == 2 and not (sweep.root / "stop").exists()
     assert [i["status"] for i in Sweep.load(sweep.root).items] == ["finished", "pending", "pending"]
     assert "pending" in "\n".join(format_sweeps(tmp_path))
+
+
+def test_a_queue_finds_its_runs_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fixed, axes = parse_grid(["grpo.beta=0.0,0.04"])
+    sweep = create_sweep(TINY, fixed, axes, "runs")          # a relative output folder, as profiles have
+    run = prepare_run(TINY, ["run.name=tiny-1"], "runs").root
+    sweep.items[0]["run"], sweep.items[0]["status"] = str(run), "running"   # relative, as the runner saw it
+    sweep.save()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)                             # `tunix-tui sweep resume` from another folder
+    again = Sweep.load(tmp_path / "runs" / sweep.sweep_id)
+    found = tmp_path / "runs" / run.name
+    assert again.run_of(again.items[0]) == found and again.run_of(again.items[1]) is None
+    assert sweep_runs(again) == [(found, ["grpo.beta=0.0"])]
+    assert prepare_resume(again) == 2                        # its engine is gone: it continues from its folder
+    assert again.items[0]["status"] == "pending" and again.run_of(again.items[0]) == found
 
 
 def test_a_runner_holds_its_sweep(tmp_path):

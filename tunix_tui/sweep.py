@@ -135,6 +135,15 @@ class Sweep:
         tmp.write_text(json.dumps({"items": self.items}, indent=1))
         os.replace(tmp, self.root / "queue.json")
 
+    def run_of(self, item: dict[str, Any]) -> Path | None:
+        """The item's run directory: beside the sweep folder, where the runner makes it (a queue written by an
+        older runner may hold a path relative to where the sweep was started), else the path as recorded."""
+        if not item.get("run"):
+            return None
+        run = Path(item["run"])
+        beside = self.output_dir / run.name
+        return beside if (beside / "profile.toml").is_file() else run
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for item in self.items:
@@ -239,16 +248,11 @@ def sweep_of_runs(output_dir: str | os.PathLike) -> dict[str, tuple[str, str]]:
 
 
 def sweep_runs(sweep: Sweep) -> list[tuple[Path, list[str]]]:
-    """The sweep's runs that have started, in queue order: (run directory, its swept overrides). A run is looked
-    for beside the sweep folder first (the queue may hold a path relative to where the sweep was started)."""
+    """The sweep's runs that have started, in queue order: (run directory, its swept overrides)."""
     out = []
     for item in sweep.items:
-        if not item.get("run"):
-            continue
-        run = Path(item["run"])
-        beside = sweep.output_dir / run.name
-        run = beside if (beside / "profile.toml").is_file() else run
-        if (run / "profile.toml").is_file():
+        run = sweep.run_of(item)
+        if run is not None and (run / "profile.toml").is_file():
             out.append((run, list(item["overrides"])))
     return out
 
@@ -258,7 +262,7 @@ def sweep_runs(sweep: Sweep) -> list[tuple[Path, list[str]]]:
 def _start_run(sweep: Sweep, item: dict[str, Any]) -> Path:
     from engine.launch import prepare_run, spawn_detached
 
-    run = Path(item["run"]) if item.get("run") else None
+    run = sweep.run_of(item)
     if run is not None and (run / "profile.toml").is_file():  # interrupted before: continue from its checkpoint
         from engine.protocol import RunBusy
         try:
@@ -270,7 +274,7 @@ def _start_run(sweep: Sweep, item: dict[str, Any]) -> Path:
     if "run.name" not in [o.partition("=")[0].strip() for o in overrides]:
         overrides.append(f"run.name={sweep.spec['name']}-{item['index'] + 1}")
     paths = prepare_run(sweep.spec["profile"], overrides, str(sweep.output_dir))
-    item["run"] = str(paths.root)
+    item["run"] = str(paths.root.resolve())   # absolute: `sweep resume` may be run from another folder
     sweep.save()   # the run directory is known before its engine starts
     spawn_detached(paths.root)
     return paths.root
@@ -313,8 +317,9 @@ class Runner:
         stopping = False
         while True:
             for item in sweep.items:
-                if item["status"] == "running" and item.get("run") and not engine_alive(item["run"]):
-                    item["status"] = _outcome(Path(item["run"]))
+                run = sweep.run_of(item)
+                if item["status"] == "running" and run is not None and not engine_alive(run):
+                    item["status"] = _outcome(run)
                     sweep.save()
                     self.log(f"run {item['index'] + 1}/{len(sweep.items)} {item['status']}: "
                              f"{label(item['overrides'])} ({Path(item['run']).name})")
@@ -323,8 +328,8 @@ class Runner:
                 self.log("stop asked: no new runs")
                 if stop_file.read_text().strip() == "runs":
                     for item in sweep.items:
-                        if item["status"] == "running" and item.get("run"):
-                            send_command(item["run"], "stop")
+                        if item["status"] == "running" and sweep.run_of(item) is not None:
+                            send_command(sweep.run_of(item), "stop")
             running = [i for i in sweep.items if i["status"] == "running"]
             pending = [i for i in sweep.items if i["status"] == "pending"]
             if not running and (stopping or not pending):
@@ -341,7 +346,7 @@ class Runner:
                     sweep.save()
                     self.log(f"run {item['index'] + 1}/{len(sweep.items)} could not start: {item['error']}")
                     continue
-                item["run"], item["status"] = str(run), "running"
+                item["run"], item["status"] = str(Path(run).resolve()), "running"
                 item.pop("error", None)
                 sweep.save()
                 running.append(item)
@@ -368,8 +373,8 @@ def prepare_resume(sweep: Sweep) -> int:
     n = 0
     for item in sweep.items:
         if item["status"] != "finished":
-            run = item.get("run")
-            if run and engine_alive(run):
+            run = sweep.run_of(item)
+            if run is not None and engine_alive(run):
                 item["status"] = "running"   # still going: the new runner waits for it
                 continue
             item["status"] = "pending"
