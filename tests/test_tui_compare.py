@@ -334,10 +334,22 @@ def test_a_sweeps_legend_shortens_its_keys_then_goes_one_a_line(tmp_path: Path):
     legend = [["grpo.beta=0.0", "optimizer.learning_rate=1e-4"], ["grpo.beta=0.04", "optimizer.learning_rate=1e-4"],
               ["grpo.beta=0.08", "optimizer.learning_rate=1e-3"]]
     screen = CompareScreen(runs, cache_dir=None, legend=legend)
-    assert screen.legend_names(160) == ([" ".join(items) for items in legend], False)
-    assert screen.legend_names(110) == (["beta=0.0 learning_rate=1e-4", "beta=0.04 learning_rate=1e-4",
-                                         "beta=0.08 learning_rate=1e-3"], False)
-    assert screen.legend_names(60)[1] is True
+    assert screen.legend_names(160) == [" ".join(items) for items in legend]
+    assert screen.legend_names(110) == ["beta=0.0 learning_rate=1e-4", "beta=0.04 learning_rate=1e-4",
+                                        "beta=0.08 learning_rate=1e-3"]
     plain = CompareScreen(runs, cache_dir=None)   # without a legend: the run ids, as before
-    assert plain.legend_names(160) == ([p.name for p in runs], False)
-    assert plain.legend_names(20)[0] == ["tiny-1", "tiny-2", "tiny-3"]
+    assert plain.legend_names(160) == [p.name for p in runs]
+    assert plain.legend_names(20) == ["tiny-1", "tiny-2", "tiny-3"]
+
+
+async def test_a_long_legend_takes_as_many_lines_as_it_needs(tmp_path: Path):
+    engines = three_runs(tmp_path, steps=3)
+    legend = [[f"grpo.beta={b}", "optimizer.learning_rate=1e-4"] for b in ("0.04", "0.08", "0.0")]
+    app = make_app(tmp_path)
+    async with app.run_test(size=(70, 30)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, HomeScreen))
+        app.push_screen(CompareScreen([e.paths.root for e in engines], cache_dir=None, legend=legend))
+        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.loaded)
+        lines = str(app.screen.query_one("#cmp-legend").render()).split("\n")
+        assert lines == ["● beta=0.04 learning_rate=1e-4  ● beta=0.08 learning_rate=1e-4",
+                         "● beta=0.0 learning_rate=1e-4"]

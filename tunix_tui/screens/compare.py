@@ -273,26 +273,36 @@ class CompareScreen(Screen):
     def color(self, i: int) -> str:
         return resolve(RUN_COLORS[i % len(RUN_COLORS)], self.app.theme_variables) or "bold"
 
-    def legend_names(self, width: int) -> tuple[list[str], bool]:
-        """What names each run in the legend, and whether they go one a line: run ids (without their date when
-        that fits better), or the given `key=value` items, with the keys' sections left out when too wide."""
+    def legend_names(self, width: int) -> list[str]:
+        """What names each run in the legend: its run id (without its date when that fits better), or the given
+        `key=value` items, with the keys' sections left out when they do not fit on one line."""
         def fits(names: list[str]) -> bool:
             return sum(len(n) + 4 for n in names) <= width - 2
         if self.legend is None:
             names = [p.name for p in self.run_dirs]
-            return (names if fits(names) else [short_name(n) for n in names]), False
+            return names if fits(names) else [short_name(n) for n in names]
         names = [" ".join(self.legend[i]) or short_name(p.name) for i, p in enumerate(self.run_dirs)]
-        if not fits(names):
-            names = [short_legend(self.legend[i]) or short_name(p.name) for i, p in enumerate(self.run_dirs)]
-        return names, not fits(names)
+        return names if fits(names) else [short_legend(self.legend[i]) or short_name(p.name)
+                                          for i, p in enumerate(self.run_dirs)]
 
     def _legend(self) -> None:
+        width = self.app.size.width
+        lines: list[list[tuple[int, str]]] = [[]]
+        used = 0
+        for i, name in enumerate(self.legend_names(width)):
+            entry = printable(name)
+            if lines[-1] and used + 2 + len(entry) + 2 > width - 2:   # what does not fit starts a line of its own
+                lines.append([])
+                used = 0
+            lines[-1].append((i, entry))
+            used += len(entry) + 4
         t = Text()
-        names, one_a_line = self.legend_names(self.app.size.width)
-        gap = "\n" if one_a_line else "  "
-        for i, name in enumerate(names):
-            t.append("● ", style=self.color(i))
-            t.append(printable(name) + (gap if i < len(names) - 1 else ""), style="bold")
+        for n, line in enumerate(lines):
+            for k, (i, entry) in enumerate(line):
+                t.append("● ", style=self.color(i))
+                t.append(entry + ("  " if k < len(line) - 1 else ""), style="bold")
+            if n < len(lines) - 1:
+                t.append("\n")
         self.query_one("#cmp-legend", TextBox).set(t)
 
     def _title(self) -> None:
