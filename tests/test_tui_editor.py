@@ -7,6 +7,7 @@ console under tmux and compares the saved file's bytes."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -314,7 +315,12 @@ async def test_shift_tab_from_the_first_field_goes_to_the_section_list(tmp_path:
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
 def test_tmux_edit_a_commented_profile_and_save(tmp_path: Path):
     """A person's keystrokes in a real terminal: open the commented profile, move to `seed`, type a new value,
-    save with ctrl+s, quit; the file's bytes are those of the original but for the edited value."""
+    save with ctrl+s, quit; the file's bytes are those of the original but for the edited value.
+
+    Textual hands a key to the widget focused when the key is read, and a tab moves the focus only once that
+    widget has passed it on: keys sent faster than a busy machine handles them land in the field the focus is
+    leaving. So each key that moves the focus is followed by waiting until the help line at the bottom (the
+    focused key's name, then its help) names the field expected, and text is typed only into a field seen focused."""
     path = tmp_path / "profiles" / "mine.toml"
     path.parent.mkdir()
     path.write_text(COMMENTED)
@@ -328,27 +334,40 @@ def test_tmux_edit_a_commented_profile_and_save(tmp_path: Path):
     def screen() -> str:
         return tmux("capture-pane", "-p", "-t", session)
 
-    def wait_for(needle: str, timeout: float = 30.0) -> None:
+    def wait_for(shown: Any, what: str, timeout: float = 60.0) -> None:
+        """Poll the screen until `shown(screen text)` holds (generous: the machine may be busy)."""
         deadline = time.monotonic() + timeout
-        while needle not in screen():
+        while not shown(text := screen()):
             if time.monotonic() > deadline:
-                raise AssertionError(f"{needle!r} not on screen:\n{screen()}")
+                raise AssertionError(f"{what} not on screen after {timeout:.0f} s:\n{text}")
             time.sleep(0.1)
+
+    def focused(key: str) -> Any:  # the help line starts with the focused field's key, then two spaces
+        return lambda text: any(line.strip().startswith(key + "  ") for line in text.splitlines())
+
+    def edited(name: str, value: str) -> Any:  # a field's row: `* name   value   default …`, marked edited
+        return lambda text: re.search(rf"\* {name} +{value} +default ", text) is not None
+
+    def send(*keys: str) -> None:
+        tmux("send-keys", "-t", session, *keys)
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(["tmux", "-L", session, "-f", "/dev/null", "new-session", "-d", "-s", session, "-x", "160",
                     "-y", "48", env_cmd], check=True, env=env)
     try:
-        wait_for("mine.toml")
-        wait_for("· valid")
-        for key in ("Tab", "Tab", "1", "2", "3", "4"):  # run.name -> output_dir -> seed (its text selected on
-            tmux("send-keys", "-t", session, key)       # focus, so typing replaces it)
-            time.sleep(0.2)
-        wait_for("1 unsaved change")
-        tmux("send-keys", "-t", session, "C-s")
-        wait_for("only the edited keys changed")
-        tmux("send-keys", "-t", session, "C-q")
-        deadline = time.monotonic() + 15
+        wait_for(lambda text: "mine.toml" in text and "· valid" in text, "the editor on mine.toml, valid")
+        wait_for(focused("run.name"), "the focus on run.name")
+        send("Tab")
+        wait_for(focused("run.output_dir"), "the focus on run.output_dir")
+        send("Tab")
+        wait_for(focused("run.seed"), "the focus on run.seed")
+        send("-l", "1234")  # the seed's text is selected on focus, so typing replaces it
+        wait_for(edited("seed", "1234"), "seed 1234, edited")
+        wait_for(lambda text: "1 unsaved change" in text, "1 unsaved change")
+        send("C-s")
+        wait_for(lambda text: "only the edited keys changed" in text, "the saved notice")
+        send("C-q")
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline and "tunix" in tmux("list-sessions", "-F", "#{pane_current_command}"):
             time.sleep(0.2)
     finally:
