@@ -4,7 +4,9 @@ to the same logits, GGUF (F16, Q8_0) that our GGUF loader reads back; then `tuni
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -194,6 +196,24 @@ def test_export_command_on_a_tiny_run(tmp_path, monkeypatch):
     (gguf_file,) = (tmp_path / "gguf").glob("*.gguf")
     assert gguf_file.name.endswith("-step1-q8_0.gguf")
     check_facts(load_gguf(gguf_file, use_cache=False).facts, CFG, str(gguf_file))
+
+    # bench/export_check.py: our side of the check (transformers and peft compare in an environment of their own;
+    # with $TUNIX_TUI_EXPORT_CHECK_PYTHON naming such an interpreter, that side runs too)
+    check = tmp_path / "check"
+    done = subprocess.run([sys.executable, "bench/export_check.py", "reference", str(paths.root), "--out", str(check)],
+                          cwd=ROOT, env=engine_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ref = json.loads((check / "reference.json").read_text())
+    assert ref["step"] == 1 and ref["model_size"] == "tiny" and len(ref["cases"]) == 3
+    assert all(len(c["logits"]) == len(c["ids"]) and len(c["logits"][0]) == CFG.vocab_size for c in ref["cases"])
+    assert (check / "base" / "model.safetensors").is_file() and (check / "base" / "config.json").is_file()
+    ref_python = os.environ.get("TUNIX_TUI_EXPORT_CHECK_PYTHON")
+    if ref_python:
+        shutil.copytree(merged, check / "merged")
+        shutil.copytree(tmp_path / "peft", check / "peft")
+        done = subprocess.run([ref_python, "bench/export_check.py", "compare", str(check)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0 and "OK" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
 
     # bad input: exit 2 with a message, never a traceback
     assert export_main([str(paths.root), "--format", "peft", "--out", str(tmp_path / "peft")]) == 2
