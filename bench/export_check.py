@@ -21,6 +21,9 @@ carries a tokenizer, whether transformers' tokenizer gives our token ids. The pr
 GGUF loader (the `gguf` package) and compared too; their weights are rounded (F16, Q8_0), so they are held to the
 argmax agreeing at 90% of positions rather than to the tolerance, and skipped for `tiny`, whose layer pattern and
 query scale GGUF readers do not take from the file (they assume Gemma 3's).
+
+The slow test `tests/test_export.py::test_export_command_on_a_tiny_run` runs the first step on a tiny run, and the
+second too when $TUNIX_TUI_EXPORT_CHECK_PYTHON names an interpreter of such a venv.
 """
 
 from __future__ import annotations
