@@ -56,6 +56,12 @@ def memory_for(step: int) -> list[dict[str, Any]]:
     return [{"device": "cpu:0", "in_use": int(3.0e9 + 1e7 * (step % 10)), "peak": int(3.4e9), "limit": int(24e9)}]
 
 
+def devices_memory(step: int, n: int, platform: str = "gpu") -> list[dict[str, Any]]:
+    """`n` accelerators' memory (each device a little fuller than the one before; 80 GB each)."""
+    return [{"device": f"{platform}:{d}", "in_use": int(20e9 + 1e9 * d + 1e7 * (step % 10)),
+             "peak": int(30e9 + 2e9 * d), "limit": int(80e9)} for d in range(n)]
+
+
 COMPLETION = ("<reasoning>Tom has 3 apples and buys 5 more, so 3 + 5 = 8.</reasoning>\n<answer>8</answer>")
 PROBE_QUESTIONS = ("Tom has 3 apples and buys 5 more. How many apples does he have?",
                    "A box holds 4 rows of 3 eggs. How many eggs are in the box?",
@@ -131,9 +137,14 @@ class FakeEngine:
     # -- events ------------------------------------------------------------------------------------------------
 
     def started(self, total: int = 10, *, step: int = 0, resumed: bool = False, profile: str = "tiny",
-                pid: int | None = None) -> None:
+                pid: int | None = None, mesh: dict[str, int] | None = None, devices: int | None = None,
+                platform: str | None = None, processes: int | None = None) -> None:
+        """`run_started`; the device mesh (`mesh` axis -> size, `devices`, `platform`, `processes`) only when
+        given, as older engines wrote none."""
+        extra = {k: v for k, v in (("mesh", mesh), ("devices", devices), ("platform", platform),
+                                   ("processes", processes)) if v is not None}
         self.emit("run_started", run_id=self.paths.run_id, pid=pid or os.getpid(), host="testhost", resumed=resumed,
-                  step=step, total_steps=total, profile=profile)
+                  step=step, total_steps=total, profile=profile, **extra)
 
     def status(self, status: str, phase: str = "", *, step: int | None = None, detail: str = "",
                progress: float | None = None, **extra: Any) -> None:
@@ -142,12 +153,15 @@ class FakeEngine:
     def data_info(self) -> None:
         self.emit("data_info", train=190, validation=10, test=4, dropped=0, source="builtin")
 
-    def step(self, step: int, total: int = 10, *, steady: bool | None = None, **overrides: float) -> None:
-        """A step event; `steady` False marks a step that compiled (None: no mark, as older engines wrote)."""
+    def step(self, step: int, total: int = 10, *, steady: bool | None = None,
+             memory: list[dict[str, Any]] | None = None, **overrides: float) -> None:
+        """A step event; `steady` False marks a step that compiled (None: no mark, as older engines wrote);
+        `memory` the devices' memory (default one CPU device)."""
         m = metrics_for(step)
         m.update(overrides)
         extra = {} if steady is None else {"steady": steady}
-        self.emit("step", step=step, total_steps=total, epoch=0, metrics=m, memory=memory_for(step), **extra)
+        self.emit("step", step=step, total_steps=total, epoch=0, metrics=m,
+                  memory=memory_for(step) if memory is None else memory, **extra)
 
     def sample(self, step: int, group: int = 4) -> None:
         self.emit("sample", step=step, prompt=f"Question {step}: Tom has 3 apples and buys 5 more. How many?",
@@ -204,11 +218,12 @@ class FakeEngine:
                            "total": sum(rewards.values()), "length": 20 + i, "truncated": False})
         self.emit("probe", step=step, split=split, preset="greedy", probes=probes)
 
-    def system(self, step: int, *, cores: int = 4) -> None:
+    def system(self, step: int, *, cores: int = 4, devices: list[dict[str, Any]] | None = None) -> None:
+        default = [{"device": "cpu:0", "in_use": int(3.0e9), "peak": int(3.4e9), "limit": int(24e9)}]
         self.emit("system", step=step, pid=4242, host="testhost", cpu_count=cores,
                   cpu_percent=[round(20.0 + 15 * ((step + c) % 5), 1) for c in range(cores)],
                   process_cpu_percent=180.0 + step % 7, rss=int(3.1e9 + 1e7 * (step % 10)), threads=12,
-                  devices=[{"device": "cpu:0", "in_use": int(3.0e9), "peak": int(3.4e9), "limit": int(24e9)}])
+                  devices=default if devices is None else devices)
 
     def full_step(self, step: int, total: int = 10, *, sample: bool = True) -> None:
         """The events of one training step: phases, partial text, metrics, a sample group."""

@@ -22,7 +22,7 @@ from engine.protocol import FINAL_STATUSES
 
 from tunix_tui.core.history import StepHistory
 from tunix_tui.core.reader import line_step, read_line_at
-from tunix_tui.core.text import printable, profile_label
+from tunix_tui.core.text import mesh_text, printable, profile_label
 
 NOTICE_TTL = 30.0  # seconds a notice (an acknowledgement) stays in the header; older ones are history, not news
 PARTS = ("header", "train", "system", "eval", "samples", "log", "control", "alerts", "probes", "config")
@@ -247,6 +247,11 @@ class RunState:
     pid: int | None = None
     started: float | None = None
     resumes: int = 0
+    # the latest engine's devices (run_started; older engines did not say: empty / None)
+    mesh: dict[str, int] = field(default_factory=dict)  # axis name -> size, in the mesh's order
+    devices: int | None = None  # devices in the mesh, every process's
+    platform: str = ""  # "cpu", "gpu" or "tpu"
+    processes: int | None = None  # JAX processes (hosts)
     # lifecycle
     status: str = ""  # "" until the first status event
     phase: str = ""
@@ -619,6 +624,7 @@ class RunState:
         self.profile_name = profile_label(str(ev.get("profile") or ""), self.run_id) or self.profile_name
         self.host = str(ev.get("host") or self.host)
         self.pid = ev.get("pid") if isinstance(ev.get("pid"), int) else self.pid
+        self._mesh(ev)
         self.total_steps = int(ev.get("total_steps") or self.total_steps)
         self.step = int(ev.get("step") or self.step)
         self.done = self.step
@@ -634,6 +640,26 @@ class RunState:
         self._feed(ev, "status", f"run {what} at step {ev.get('step', 0)} of {ev.get('total_steps')}"
                    f" (engine pid {ev.get('pid')} on {ev.get('host')})")
         self.touch("header", "control", "log")
+
+    def _mesh(self, ev: dict[str, Any]) -> None:
+        """The engine's device mesh, devices, platform and processes (each engine says anew; an older one nothing)."""
+        def count(value: Any) -> int | None:
+            return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
+
+        mesh = ev.get("mesh") if isinstance(ev.get("mesh"), dict) else {}
+        self.mesh = {printable(str(name))[:16]: size for name, size in mesh.items() if count(size)}
+        devices = count(ev.get("devices"))
+        if devices is None and self.mesh:  # the mesh's size, then
+            devices = 1
+            for size in self.mesh.values():
+                devices *= size
+        self.devices = devices
+        self.platform = printable(str(ev.get("platform") or ""))[:8]
+        self.processes = count(ev.get("processes"))
+
+    def mesh_text(self) -> str:
+        """`fsdp 4 × tp 2 · 8 gpu · 2 processes`; "" on one device or when the engine did not say."""
+        return mesh_text(self.mesh, self.devices, self.platform, self.processes)
 
     def _set_status(self, ev: dict[str, Any], status: str, phase: str) -> bool:
         t = _num(ev.get("t"))

@@ -13,7 +13,7 @@ from typing import Any
 
 from engine.protocol import RunPaths
 
-from tunix_tui.core.text import hms, num, pct, printable, short, size
+from tunix_tui.core.text import hms, mesh_text, num, pct, printable, short, size
 
 SHOW_SCHEMA_VERSION = 1
 _NUM = {"type": ["number", "null"]}
@@ -25,8 +25,8 @@ SHOW_SCHEMA: dict[str, Any] = {
     "title": "tunix-tui show --json",
     "type": "object",
     "required": ["schema", "run_id", "path", "profile", "status", "alive", "pid", "host", "step", "total_steps",
-                 "epoch", "started", "last_event", "elapsed_s", "seconds_per_step", "eta_s", "metrics", "memory",
-                 "evals", "alerts", "alert_count", "checkpoints", "errors", "probes", "skipped_lines"],
+                 "epoch", "started", "last_event", "elapsed_s", "seconds_per_step", "eta_s", "metrics", "mesh",
+                 "memory", "evals", "alerts", "alert_count", "checkpoints", "errors", "probes", "skipped_lines"],
     "properties": {
         "schema": {"type": "integer", "const": SHOW_SCHEMA_VERSION},
         "run_id": _STR, "path": _STR, "profile": _STR,
@@ -37,6 +37,13 @@ SHOW_SCHEMA: dict[str, Any] = {
         "started": _NUM, "last_event": _NUM, "elapsed_s": _NUM, "seconds_per_step": _NUM, "eta_s": _NUM,
         "metrics": {"type": "object", "additionalProperties": {"type": ["number", "null"]},
                     "description": "the latest step's metrics (engine/protocol.py STEP_METRICS and more)"},
+        "mesh": {"type": ["object", "null"], "required": ["axes", "devices", "platform", "processes"],
+                 "description": "the engine's device mesh (null: an older engine did not say)",
+                 "properties": {
+                     "axes": {"type": "object", "additionalProperties": {"type": "integer"},
+                              "description": "axis name -> size, in the mesh's order"},
+                     "devices": _INT, "platform": {"type": "string", "description": "cpu, gpu or tpu"},
+                     "processes": _INT}},
         "memory": {"type": "array", "items": {
             "type": "object", "required": ["device", "in_use", "peak", "limit"],
             "properties": {"device": _STR, "in_use": _INT, "peak": _INT, "limit": _INT}}},
@@ -118,6 +125,9 @@ def report(run_dir: Path, *, now: float | None = None, cache_dir: Path | str | N
         "seconds_per_step": state.seconds_per_step(),
         "eta_s": state.eta(),
         "metrics": {k: _float(v) for k, v in state.latest.items() if not k.startswith("mem:")},
+        "mesh": None if not state.mesh and state.devices is None else {
+            "axes": dict(state.mesh), "devices": state.devices, "platform": state.platform,
+            "processes": state.processes},
         "memory": [{"device": str(d.get("device", i)), "in_use": _int(d.get("in_use")), "peak": _int(d.get("peak")),
                     "limit": _int(d.get("limit"))} for i, d in enumerate(state.memory) if isinstance(d, dict)],
         "evals": [{"step": e.step, "split": e.split, "num_questions": e.num_questions, "accuracy": e.accuracy,
@@ -167,6 +177,11 @@ def render(r: dict[str, Any], *, evals: int = 5, alerts: int = 5) -> str:
         lines.append(f"loss {short(m.get('loss'))} · KL {short(m.get('kl'))} · entropy {short(m.get('entropy'))} · "
                      f"length {num(m.get('completion_length_mean'), '.0f')} · truncated "
                      f"{pct(m.get('truncated_fraction'))} · {num(m.get('tokens_per_s'), '.0f')} tokens/s")
+    mesh = r.get("mesh") or {}
+    mesh_line = mesh_text(mesh.get("axes") or {}, mesh.get("devices"), mesh.get("platform") or "",
+                          mesh.get("processes"))
+    if mesh_line:  # more than one device
+        lines.append(f"mesh {mesh_line}")
     for d in r["memory"]:
         limit = f" of {size(d['limit'])}" if d["limit"] else ""
         lines.append(f"memory {d['device']}: {size(d['in_use'])} in use, peak {size(d['peak'])}{limit}")

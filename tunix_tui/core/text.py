@@ -97,6 +97,19 @@ def bar(fraction: float | None, width: int, full: str = "━", empty: str = "─
     return full * filled + empty * (width - filled)
 
 
+def mesh_text(mesh: dict[str, int], devices: int | None, platform: str = "", processes: int | None = None) -> str:
+    """The device mesh in a few words, `fsdp 4 × tp 2 · 8 gpu · 2 processes` (axes of size 1 left out); "" for a
+    run on one device or an engine that did not say."""
+    if not devices or devices <= 1:
+        return ""
+    axes = " × ".join(f"{name} {n}" for name, n in mesh.items() if n > 1)
+    parts = [axes] if axes else []
+    parts.append(f"{devices} {platform or 'devices'}")
+    if processes and processes > 1:
+        parts.append(f"{processes} processes")
+    return " · ".join(parts)
+
+
 def ellipsize(text: str, width: int) -> str:
     """One line of at most `width` characters."""
     line = printable(" ".join(text.split()))

@@ -74,6 +74,9 @@ class RunHeader(TextBox):
             t.append("  compile cache hit", style=resolve("$text-success", v))
         elif state.compile_cache == "miss":
             t.append("  compiled (cache miss)", style="dim")
+        mesh = state.mesh_text()  # on the right of the first line, when more than one device and room for it
+        if mesh and t.cell_len + 2 + len(mesh) <= width:
+            t.append(" " * (width - t.cell_len - len(mesh)) + mesh, style="dim")
         t.append("\n")
         total = state.total_steps
         done = state.done

@@ -6,6 +6,7 @@ lock held; it copies what it needs into its widgets.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Callable, ClassVar
 
 from rich.text import Text
@@ -19,6 +20,8 @@ from tunix_tui.widgets.chart import Chart, Series
 from tunix_tui.widgets.header import resolve
 from tunix_tui.widgets.textbox import TextBox
 
+MEMORY_ROWS = 8  # the memory pane lists up to this many devices, one a line (the Host view lists every one)
+CHART_MIN_ROWS = 3  # as `Chart { min-height }` in app.tcss
 SERIES_COLORS = ("$secondary", "$accent", "$warning", "$success", "$error", "$foreground")
 REWARD_ABBREV = {"match_format_exactly": "exact", "match_format_approximately": "approx",
                  "check_answer": "answer", "check_numbers": "numbers"}
@@ -126,6 +129,12 @@ class MemoryPane(Pane):
     """Accelerator memory per device: in use, peak, limit, and the history of the first device."""
     part = "system"
     title = "Memory"
+    DEFAULT_CSS = """
+    MemoryPane #memory-table.-devices {
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
+    }
+    """
 
     def compose(self) -> ComposeResult:
         yield TextBox(id="memory-table", classes="stats")
@@ -133,9 +142,42 @@ class MemoryPane(Pane):
 
     def update_from(self, state: RunState, now: float) -> None:
         t = Text()
-        if not state.memory:
+        memory = state.memory
+        if not memory:
             t.append("no memory figures yet", style="dim")
-        for i, dev in enumerate(state.memory):
+        name = str(memory[0].get("device", 0)) if memory else ""
+        if len(memory) > 1:  # the count (and the devices' limit) in the title, the charted device under the chart
+            limits = {dev.get("limit") for dev in memory}
+            limit = limits.pop() if len(limits) == 1 else None
+            each = f" of {size(limit)}" if isinstance(limit, (int, float)) and limit else ""
+            self.border_title = f"{self.title} · {len(memory)} devices{each}"
+            self.border_subtitle = f"chart: {name[:16]} · 9: every device"
+            t = self._devices(memory, per_line_limit=not each)
+        else:
+            self.border_title, self.border_subtitle = self.title, ""
+            self._device(t, memory)
+        table = self.query_one("#memory-table", TextBox)
+        table.set_class(len(memory) > 1, "-devices")  # one line a device, whatever the width
+        table.set(t)
+        chart = self.query_one("#memory-chart", Chart)
+        h = state.history
+        use, peak = self.color("$primary"), self.color("$warning")
+        chart.set_source(lambda n: [Series("in use", use, h.columns(f"mem:{name}:in_use", n)),
+                                    Series("peak", peak, h.columns(f"mem:{name}:peak", n))] if name else [],
+                         lock=self.state_lock(), fmt=lambda v: size(v).replace(" ", ""))
+
+    def on_resize(self) -> None:
+        """How many devices are listed depends on the pane's height: drawn again when it changes (a tab shown, the
+        terminal resized)."""
+        state = getattr(self.screen, "state", None)
+        if isinstance(state, RunState) and len(state.memory) > 1:
+            with self.state_lock() or nullcontext():
+                self.update_from(state, 0.0)
+
+    @staticmethod
+    def _device(t: Text, memory: list[dict[str, Any]]) -> None:
+        """One device: in use and peak, the limit on a line of its own."""
+        for i, dev in enumerate(memory):
             if i:
                 t.append("\n")
             in_use, peak, limit = dev.get("in_use"), dev.get("peak"), dev.get("limit")
@@ -143,14 +185,38 @@ class MemoryPane(Pane):
             t.append(f"{size(in_use)} in use · peak {size(peak)}")
             if isinstance(limit, (int, float)) and limit and isinstance(peak, (int, float)):  # a line of its own:
                 t.append(f"\n  limit {size(limit)}, peak at {pct(peak / limit)}", style="dim")  # never cut
-        self.query_one("#memory-table", TextBox).set(t)
-        chart = self.query_one("#memory-chart", Chart)
-        h = state.history
-        name = str(state.memory[0].get("device", 0)) if state.memory else ""
-        use, peak = self.color("$primary"), self.color("$warning")
-        chart.set_source(lambda n: [Series("in use", use, h.columns(f"mem:{name}:in_use", n)),
-                                    Series("peak", peak, h.columns(f"mem:{name}:peak", n))] if name else [],
-                         lock=self.state_lock(), fmt=lambda v: size(v).replace(" ", ""))
+
+    def _devices(self, memory: list[dict[str, Any]], per_line_limit: bool) -> Text:
+        """Several devices: one line each (in use, peak, the peak's share of the device's limit), as many as the
+        pane holds above its chart and at most MEMORY_ROWS; when some do not fit, the last line counts them and
+        names the device closest to its limit (the Host view lists every device)."""
+        def share(dev: dict[str, Any]) -> float:
+            peak, limit = dev.get("peak"), dev.get("limit")
+            if not isinstance(peak, (int, float)) or isinstance(peak, bool):
+                return -1.0
+            return peak / limit if isinstance(limit, (int, float)) and limit > 0 else peak / 2 ** 60
+
+        def fraction(dev: dict[str, Any]) -> str:
+            peak, limit = dev.get("peak"), dev.get("limit")
+            if isinstance(limit, (int, float)) and limit and isinstance(peak, (int, float)):
+                share = f"{100 * peak / limit:.0f}%"
+                return f" ({share} of {size(limit)})" if per_line_limit else f" ({share})"
+            return ""
+
+        room = self.size.height - CHART_MIN_ROWS  # the pane's inner height, less the chart's (0 before layout)
+        rows = max(2, min(MEMORY_ROWS, room)) if room > 0 else MEMORY_ROWS
+        shown = memory if len(memory) <= rows else memory[:rows - 1]
+        lines = [Text.assemble((f"{str(dev.get('device', i))[:16]}: ", "bold"),
+                               f"{size(dev.get('in_use'))} · peak {size(dev.get('peak'))}", (fraction(dev), "dim"))
+                 for i, dev in enumerate(shown)]
+        rest = len(memory) - len(shown)
+        if rest:
+            top = max(memory, key=share)
+            full = fraction(top).strip(" ()")
+            lines.append(Text.assemble((f"+{rest} more", "bold"), (f" · fullest {str(top.get('device', '?'))[:16]} "
+                                                                   f"({full + ', ' if full else ''}peak "
+                                                                   f"{size(top.get('peak'))})", "dim")))
+        return Text("\n").join(lines)
 
 
 PHASES = (("rollout", "time_rollout"), ("rewards", "time_rewards"), ("reference", "time_reference"),

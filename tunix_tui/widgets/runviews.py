@@ -292,7 +292,9 @@ class HostPane(ScrollPane):
                     t.append("\n")
         devices = [d for d in s.get("devices") or [] if isinstance(d, dict)]
         if devices:
-            t.append("devices\n", style="bold")
+            t.append("devices", style="bold")
+            mesh = state.mesh_text()  # the whole mesh (this list: the devices of the process writing the events)
+            t.append(f" · mesh {mesh}\n" if mesh else "\n")
         for d in devices:
             t.append(f"  {str(d.get('device', '?'))[:24]}: ", style="bold")
             in_use, peak, limit = d.get("in_use"), d.get("peak"), d.get("limit")
