@@ -205,6 +205,39 @@ def test_bfloat16_model_runs_in_bfloat16_and_stays_close_to_float32():
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
 
 
+@pytest.mark.slow
+def test_every_rematerialisation_mode_computes_the_same_forward_pass_and_cache():
+    """Remat and the scan over stacked layer weights are configuration of the one layer stack: same hidden states
+    and the same cache, per-layer (the sampler's) or stacked (the update's)."""
+    from engine.model.gemma3 import REMAT_MODES, Cache
+
+    cfg = model_config("tiny")
+    model = Gemma3(cfg, rngs=nnx.Rngs(6))
+    _randomise_norms(model, 2)
+    tokens = jax.random.randint(jax.random.key(4), (2, 12), 4, cfg.vocab_size)
+    valid = jnp.ones((2, 12), bool).at[1, :3].set(False)
+    positions, mask = make_positions(valid), causal_attention_mask(valid)
+
+    @nnx.jit(static_argnames="remat")
+    def run(model, cache=None, remat="none"):
+        return model(tokens, positions, mask, cache, remat=remat)
+
+    want = np.asarray(run(model)[0])
+    for mode in REMAT_MODES[1:]:
+        np.testing.assert_allclose(run(model, remat=mode)[0], want, atol=1e-5)
+    per_layer = init_cache(cfg, 2, 12, jnp.float32)
+    stacked = Cache(jnp.stack(per_layer.k), jnp.stack(per_layer.v), per_layer.index)
+    h1, c1 = run(model, per_layer)
+    h2, c2 = run(model, stacked, remat="scan-full")
+    assert isinstance(c1.k, tuple) and c2.k.shape[0] == cfg.num_layers and int(c1.index) == int(c2.index) == 12
+    np.testing.assert_allclose(h1, want, atol=1e-4)     # attending through the cache sums in another order
+    np.testing.assert_allclose(h2, h1, atol=1e-5)
+    np.testing.assert_allclose(np.stack(c1.k), c2.k, atol=1e-5)
+    np.testing.assert_allclose(np.stack(c1.v), c2.v, atol=1e-5)
+    with pytest.raises(ValueError, match="remat must be one of"):
+        model(tokens, positions, mask, remat="sometimes")
+
+
 def test_one_module_defines_attention_and_the_layer_stack():
     """Attention, the decoder layer and the loop over layers exist once, in engine/model/gemma3.py; the training
     passes and the sampler's re-laid-out weights call them."""
