@@ -9,7 +9,6 @@ Missing values are carried forward from the step before, so a metric's array has
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import mmap
@@ -28,6 +27,7 @@ from typing import Any, Iterable, Sequence
 
 from engine.protocol import RunPaths
 
+from tunix_tui.core.foldcache import cache_file, stream_fingerprint
 from tunix_tui.core.runstate import _fast_loads, _parse_line
 
 # the step metrics compared (names, and prefixes ending in "/")
@@ -452,7 +452,6 @@ def x_range(curves: Iterable[RunCurves], axis: str, steps: tuple[float, float] |
 # a cache of loaded curves, and loading several runs at once
 
 FORMAT = 1
-_WINDOW = 4096
 
 
 def default_dir() -> Path:
@@ -460,18 +459,6 @@ def default_dir() -> Path:
     from engine.userdirs import cache_dir
 
     return cache_dir() / "curves"
-
-
-def _cache_file(directory: Path, events: Path) -> Path:
-    return directory / (hashlib.sha256(os.fsencode(os.path.realpath(events))).hexdigest()[:32] + ".curves")
-
-
-def _fingerprint(fh: Any, position: int) -> tuple[str, str]:
-    fh.seek(0)
-    head = hashlib.sha256(fh.read(min(_WINDOW, position))).hexdigest()
-    fh.seek(max(0, position - _WINDOW))
-    tail = hashlib.sha256(fh.read(position - max(0, position - _WINDOW))).hexdigest()
-    return head, tail
 
 
 def save(curves: RunCurves, directory: Path, keep: int = 32) -> bool:
@@ -483,14 +470,14 @@ def save(curves: RunCurves, directory: Path, keep: int = 32) -> bool:
             st = os.fstat(fh.fileno())
             if st.st_size < curves.offset:
                 return False
-            head, tail = _fingerprint(fh, curves.offset)
+            head, tail = stream_fingerprint(fh, curves.offset)
         arrays = [("steps", curves.steps), ("times", curves.times), ("tokens", curves.tokens),
                   *((f"m:{k}", v) for k, v in curves.metrics.items())]
         header = {"format": FORMAT, "byteorder": sys.byteorder, "path": os.path.realpath(events), "dev": st.st_dev,
                   "ino": st.st_ino, "offset": curves.offset, "head": head, "tail": tail, "t0": curves.t0,
                   "skipped": curves.skipped, "evals": curves.evals, "arrays": [[name, len(a)] for name, a in arrays]}
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        target = _cache_file(directory, events)
+        target = cache_file(directory, events, ".curves")
         tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -516,7 +503,7 @@ def save(curves: RunCurves, directory: Path, keep: int = 32) -> bool:
 def load_cached(run_dir: Path, directory: Path) -> RunCurves | None:
     """The cached curves of a run when they still fit its event file (then `update()` reads what came since)."""
     events = RunPaths(Path(run_dir)).events
-    path = _cache_file(directory, events)
+    path = cache_file(directory, events, ".curves")
     try:
         st = os.stat(path)
         if st.st_uid != os.getuid() or st.st_mode & 0o022:
@@ -530,7 +517,7 @@ def load_cached(run_dir: Path, directory: Path) -> RunCurves | None:
             with open(events, "rb") as ev:
                 est = os.fstat(ev.fileno())
                 if (est.st_dev, est.st_ino) != (header["dev"], header["ino"]) or est.st_size < offset or \
-                        list(_fingerprint(ev, offset)) != [header["head"], header["tail"]]:
+                        list(stream_fingerprint(ev, offset)) != [header["head"], header["tail"]]:
                     return None
             loaded: dict[str, array] = {}
             for name, n in header["arrays"]:

@@ -63,11 +63,14 @@ def _code() -> str:
     return _code_id
 
 
-def _file_for(directory: Path, events: Path) -> Path:
-    return directory / (hashlib.sha256(os.fsencode(os.path.realpath(events))).hexdigest()[:32] + ".fold")
+def cache_file(directory: Path, events: Path, suffix: str = ".fold") -> Path:
+    """The file in `directory` that caches what was read of the event stream `events` (named by its real path)."""
+    return directory / (hashlib.sha256(os.fsencode(os.path.realpath(events))).hexdigest()[:32] + suffix)
 
 
-def _fingerprint(fh: Any, position: int) -> tuple[str, str]:
+def stream_fingerprint(fh: Any, position: int) -> tuple[str, str]:
+    """Hashes of an event stream's first bytes and of the bytes before `position`: a cache made at `position` is
+    used only while both still match (the stream was not replaced or rewritten)."""
     fh.seek(0)
     head = hashlib.sha256(fh.read(min(_WINDOW, position))).hexdigest()
     fh.seek(max(0, position - _WINDOW))
@@ -88,14 +91,14 @@ def save(directory: Path, events: Path, state: RunState, position: int, keep: in
             st = os.fstat(fh.fileno())
             if st.st_size < position:
                 return False
-            head, tail = _fingerprint(fh, position)
+            head, tail = stream_fingerprint(fh, position)
         header = {"code": _code(), "path": os.path.realpath(events), "dev": st.st_dev, "ino": st.st_ino,
                   "position": position, "head": head, "tail": tail, "settings": _settings(state)}
         with lock or nullcontext():
             body = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
         body = pickle.dumps(header, protocol=pickle.HIGHEST_PROTOCOL) + body
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        target = _file_for(directory, events)
+        target = cache_file(directory, events)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -114,7 +117,7 @@ def save(directory: Path, events: Path, state: RunState, position: int, keep: in
 def load(directory: Path, events: Path, like: RunState) -> tuple[RunState, int, int] | None:
     """The cached state of `events` (folded with the same settings as `like`), the offset after its last folded
     line and the inode of the file; None when there is none that still fits the file."""
-    path = _file_for(directory, events)
+    path = cache_file(directory, events)
     try:
         st = os.stat(path)
         if st.st_uid != os.getuid() or st.st_mode & 0o022:  # only the user's own, unshared files
@@ -128,7 +131,7 @@ def load(directory: Path, events: Path, like: RunState) -> tuple[RunState, int, 
         with open(events, "rb") as fh:
             ev = os.fstat(fh.fileno())
             if (ev.st_dev, ev.st_ino) != (header["dev"], header["ino"]) or ev.st_size < position or \
-                    _fingerprint(fh, position) != (header["head"], header["tail"]):
+                    stream_fingerprint(fh, position) != (header["head"], header["tail"]):
                 return None
         state = _StateUnpickler(stream).load()
     except (OSError, EOFError, KeyError, TypeError, ValueError, AttributeError, ImportError, IndexError,
@@ -148,7 +151,7 @@ def load(directory: Path, events: Path, like: RunState) -> tuple[RunState, int, 
 def forget(directory: Path, events: Path) -> None:
     """Drop the cached state of `events` (its run is being deleted)."""
     try:
-        _file_for(directory, events).unlink(missing_ok=True)
+        cache_file(directory, events).unlink(missing_ok=True)
     except OSError:
         pass
 
