@@ -61,8 +61,9 @@ def screen_text(app: Any) -> str:
     return "\n".join(out)
 
 
-async def wait_until(pilot: Any, condition: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> Any:
-    """Let the app run until `condition()` is truthy; raises AssertionError after `timeout` seconds."""
+async def wait_until(pilot: Any, condition: Callable[[], Any], timeout: float = 30.0, step: float = 0.05) -> Any:
+    """Let the app run until `condition()` is truthy; raises AssertionError after `timeout` seconds (generous: a
+    loaded CI machine can take seconds to draw)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
