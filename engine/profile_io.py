@@ -497,6 +497,10 @@ def cross_check(p: Profile, source: str, base: Path | None = None) -> list[Probl
                            f"model.mesh_axes {m.mesh_axes}", m.mesh_shape, True))
     if any(s < 1 for s in m.mesh_shape):
         out.append(Problem(source, "model.mesh_shape", "every entry must be >= 1", m.mesh_shape, True))
+    if not m.mesh_axes or any(a not in ("fsdp", "tp") for a in m.mesh_axes) or len(set(m.mesh_axes)) != len(
+            m.mesh_axes):
+        out.append(Problem(source, "model.mesh_axes", "allowed: \"fsdp\" (weights and batch split) and \"tp\" "
+                           "(heads and MLP split), each at most once, e.g. [\"fsdp\", \"tp\"]", m.mesh_axes, True))
     d = p.data
     if d.source == "local":
         if not d.path:

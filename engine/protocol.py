@@ -31,7 +31,8 @@ SCHEMA_VERSION = 1
 
 # Event types and the payload keys each carries (besides v, seq, t, type).
 EVENT_TYPES: dict[str, tuple[str, ...]] = {
-    "run_started": ("run_id", "pid", "host", "resumed", "step", "total_steps", "profile", "compile_cache"),
+    "run_started": ("run_id", "pid", "host", "resumed", "step", "total_steps", "profile", "compile_cache", "mesh",
+                    "devices", "platform", "processes"),
     "status": ("status", "phase", "step", "detail", "progress"),
     "data_info": ("train", "validation", "test", "dropped", "source"),
     "step": ("step", "total_steps", "epoch", "metrics", "memory", "compile_seconds", "steady"),

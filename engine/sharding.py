@@ -38,14 +38,14 @@ _KERNELS: dict[str, tuple[str, str]] = {
 def make_mesh(shape: Sequence[int] = (), axes: Sequence[str] = MESH_AXES,
               devices: Sequence[Any] | None = None) -> Mesh:
     """The device mesh of a profile's `model.mesh_shape` / `model.mesh_axes`; an empty shape puts every device on
-    the first axis (`fsdp`). The shape must use exactly the devices there are."""
+    the first axis (`fsdp`). A shape smaller than the devices there are uses the first ones (e.g. [1, 1]: one)."""
     devices = list(jax.devices() if devices is None else devices)
     axes = tuple(axes) or MESH_AXES
     shape = tuple(shape) or (len(devices),) + (1,) * (len(axes) - 1)
-    if math.prod(shape) != len(devices):
+    if math.prod(shape) > len(devices):
         raise ValueError(f"model.mesh_shape {list(shape)} needs {math.prod(shape)} devices; this process sees "
                          f"{len(devices)} ({devices[0].platform})")
-    return Mesh(np.asarray(devices, dtype=object).reshape(shape), axes)
+    return Mesh(np.asarray(devices[:math.prod(shape)], dtype=object).reshape(shape), axes)
 
 
 def logical_axes(path: Sequence[str], ndim: int) -> tuple[str | None, ...]:
@@ -117,3 +117,9 @@ def describe(mesh: Mesh) -> str:
     sizes = " x ".join(f"{name}={n}" for name, n in mesh.shape.items())
     devices = mesh.devices.size
     return f"mesh {sizes} over {devices} {mesh.devices.flat[0].platform} device{'s' if devices != 1 else ''}"
+
+
+def mesh_fields(mesh: Mesh) -> dict[str, Any]:
+    """What the run_started event says of the mesh: {"mesh": {axis: size}, "devices", "platform", "processes"}."""
+    return {"mesh": {name: int(n) for name, n in mesh.shape.items()}, "devices": int(mesh.devices.size),
+            "platform": mesh.devices.flat[0].platform, "processes": jax.process_count()}

@@ -54,7 +54,7 @@ def figures(model, put):
 one_value, one_logits, one_grads, _ = figures(build(), lambda x: x)
 out = {"devices": len(jax.devices()), "meshes": {}}
 for shape in ([1, 1], [8, 1], [4, 2], [2, 4]):
-    mesh = sharding.make_mesh(shape, ["fsdp", "tp"], jax.devices()[:8] if shape != [1, 1] else jax.devices()[:1])
+    mesh = sharding.make_mesh(shape, ["fsdp", "tp"])   # [1, 1]: the first device of the 8
     model = build()
     sharding.shard_model(model, mesh)
     value, logits, grads, toks = figures(model, lambda x: sharding.put_batch(x, mesh))
@@ -124,3 +124,78 @@ def test_rules_name_each_dimension_and_keep_what_does_not_divide():
     assert tuple(sharding.partition_spec(("embed", "heads"), (64, 64), mesh)) == (None, None)
     with pytest.raises(ValueError, match=r"model.mesh_shape \[2, 2\] needs 4 devices; this process sees 1"):
         sharding.make_mesh([2, 2])
+
+
+# The tiny profile trained for 4 steps through the Trainer on one device and on meshes of the 8, and resumed from
+# the (4, 2) run's step-2 checkpoint on other meshes: every run's adapters after step 4 are those of one device.
+TRAIN = r"""
+import json, re, shutil, sys
+from pathlib import Path
+import jax, numpy as np
+from engine.launch import prepare_run
+from engine.train.checkpoints import flatten_named
+from engine.train.loop import Trainer
+sys.path.insert(0, "tests")
+from reward_plugins import functions_override
+
+out_dir = Path(sys.argv[1])
+COMMON = ["training.num_batches=4", "training.save_interval_steps=2", "training.eval_every_n_steps=0",
+          "eval.final=false", "eval.baseline=false", "logging.samples_per_step=0", functions_override("plugin:letters")]
+
+def train(name, mesh, resume_from=None):
+    if resume_from is None:
+        paths = prepare_run("profiles/tiny.toml", COMMON + [f"model.mesh_shape={mesh}"], str(out_dir / name))
+    else:   # the run as it was at its step-2 checkpoint, its profile now on another mesh
+        root = out_dir / name / resume_from.name
+        shutil.copytree(resume_from, root)
+        shutil.rmtree(root / "checkpoints" / "4")
+        profile = (root / "profile.toml").read_text()
+        moved = re.sub(r"mesh_shape\s*=\s*\[[^\]]*\]", f"mesh_shape = {mesh}", profile)
+        assert moved != profile, profile
+        (root / "profile.toml").write_text(moved)
+        paths = type("P", (), {"root": root})
+    trainer = Trainer(paths.root, resume=resume_from is not None, install_signals=False)
+    assert trainer.run() == 0 and trainer.state.step == 4
+    lora = flatten_named(trainer.state.lora)
+    events = [json.loads(l) for l in (Path(paths.root) / "events.jsonl").read_text().splitlines()]
+    started = [e for e in events if e["type"] == "run_started"][-1]
+    started["metrics"] = {e["step"]: {k: e["metrics"][k] for k in ("loss", "grad_norm", "kl", "reward_mean")}
+                          for e in events if e["type"] == "step"}
+    return lora, started, Path(paths.root)
+
+one, started_one, _ = train("one", "[1, 1]")
+result = {"started_one": started_one, "runs": {}}
+base = None
+for name, mesh, resume in (("fsdp4tp2", "[4, 2]", None), ("resumed_on_one", "[1, 1]", "fsdp4tp2"),
+                           ("resumed_on_8x1", "[8, 1]", "fsdp4tp2")):
+    lora, started, root = train(name, mesh, Path(result["runs"][resume]["root"]) if resume else None)
+    diff = max(float(np.max(np.abs(lora[k] - one[k]))) for k in one)
+    # each step's figures as on one device: within 1e-5 of their size, and 1e-6 for those near 0 (KL, loss)
+    metrics = max(abs(v - started_one["metrics"][step][k]) / (1e-5 * abs(started_one["metrics"][step][k]) + 1e-6)
+                  for step, m in started["metrics"].items() for k, v in m.items())
+    same_rewards = all(m["reward_mean"] == started_one["metrics"][step]["reward_mean"]
+                       for step, m in started["metrics"].items())
+    result["runs"][name] = {"diff": diff, "metrics": metrics, "same_rewards": same_rewards, "mesh": started["mesh"], "devices": started["devices"],
+                            "root": str(root), "resumed": started["resumed"], "step": started["step"],
+                            "steps": sorted(started["metrics"])}
+print("RESULT" + json.dumps(result))
+"""
+
+
+@pytest.mark.slow
+def test_training_on_any_mesh_and_resuming_on_another_gives_the_one_device_adapters(tmp_path: Path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(ROOT), TUNIX_TUI_COMPILE_CACHE=str(tmp_path / "xla"))
+    out = subprocess.run([sys.executable, "-c", TRAIN, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT"))[len("RESULT"):])
+    assert result["started_one"]["mesh"] == {"fsdp": 1, "tp": 1} and result["started_one"]["devices"] == 1
+    runs = result["runs"]
+    assert runs["fsdp4tp2"]["mesh"] == {"fsdp": 4, "tp": 2} and runs["fsdp4tp2"]["devices"] == 8
+    assert runs["resumed_on_one"]["resumed"] and runs["resumed_on_one"]["step"] == 2
+    assert runs["resumed_on_one"]["mesh"] == {"fsdp": 1, "tp": 1} and runs["resumed_on_one"]["devices"] == 1
+    assert runs["resumed_on_8x1"]["mesh"] == {"fsdp": 8, "tp": 1}
+    for name, run in runs.items():
+        # the same completions sampled, each step's loss, KL, gradient norm within tolerance, adapters within 1e-5
+        assert run["same_rewards"] and run["metrics"] <= 1.0 and run["diff"] <= 1e-5, (name, run)

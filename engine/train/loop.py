@@ -227,10 +227,13 @@ class Trainer:
 
             self.log.listeners.append(TensorBoardLogger(self.paths.root / "tensorboard",
                                                         on_problem=lambda msg: self.log.info(msg, level="warning")))
+        from engine.sharding import mesh_fields
+
         self.log.emit("run_started", run_id=self.paths.run_id, pid=os.getpid(), host=os.uname().nodename,
                       resumed=resume_step is not None, step=self.state.step, total_steps=self.total_steps,
                       profile=str(self.paths.profile),
-                      compile_cache=str(self.compile_cache) if self.compile_cache else None)
+                      compile_cache=str(self.compile_cache) if self.compile_cache else None,
+                      **mesh_fields(self.policy.mesh))
         self._start_wandb(profile, resumed=resume_step is not None)
 
     def _configure_jax(self) -> None:
@@ -293,7 +296,7 @@ class Trainer:
         n_updates = self.total_steps * p.grpo.num_iterations
         self.schedule = learning_rate_schedule(p.optimizer, n_updates)
         self.optimizer = make_optimizer(p.optimizer, n_updates)
-        self.phases = Phases(self.model, self.optimizer, LossSettings.from_profile(p))
+        self.phases = Phases(self.model, self.optimizer, LossSettings.from_profile(p), mesh=self.policy.mesh)
         lora = self.policy.lora
         self.state = TrainState(step=0, lora=lora, opt_state=self.optimizer.init(lora),
                                 data_position=self.iterator.state_dict())
@@ -338,12 +341,8 @@ class Trainer:
         if changes:
             self.log.info("resuming with changed profile keys (--allow-changes): " + "; ".join(changes),
                           level="warning")
-        import jax
-        import jax.numpy as jnp
-
         lora = self.policy.use_adapters(restored.lora, step=restored.step)
-        # uncommitted arrays, as the adapters (see Policy.use_adapters)
-        opt_state = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), restored.opt_state)
+        opt_state = self.policy.place(restored.opt_state)   # as the adapters (see Policy.place)
         self.state = TrainState(step=restored.step, lora=lora, opt_state=opt_state,
                                 data_position=self.iterator.state_dict())
         self._saved_step = restored.step

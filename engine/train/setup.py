@@ -139,13 +139,35 @@ class Policy:
     optimizer state and hands them to `use_adapters`)."""
 
     def __init__(self, profile: Profile, model: Any, tokenizer: Any, step: int | None = None):
+        from engine.sharding import make_mesh
+
         self.profile, self.model, self.tokenizer = profile, model, tokenizer
         self.step = step   # the checkpoint step whose adapters the model holds; None: fresh adapters
+        self.mesh = make_mesh(profile.model.mesh_shape, profile.model.mesh_axes)   # model.mesh_* (engine/sharding.py)
+        if self.mesh.size > 1:
+            from engine.sharding import shard_model
+
+            shard_model(model, self.mesh)
 
     @classmethod
     def load(cls, profile: Profile, on_progress: Callable[[str], None] | None = None) -> "Policy":
         model, tokenizer = load_policy(profile, on_progress)
         return cls(profile, model, tokenizer)
+
+    def place(self, tree: Any) -> Any:
+        """A state of the model's shape (adapters, optimizer state; e.g. restored from a checkpoint, whatever mesh
+        saved it) placed for this policy: on several devices split by the rules of engine/sharding.py; on one, by
+        way of numpy, arrays not committed to a device, as a fresh model's are (committed ones would make every
+        program that takes them a new one, compiled again rather than loaded from the compilation cache)."""
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+
+        if self.mesh.size > 1:
+            from engine.sharding import state_shardings
+
+            return jax.device_put(tree, state_shardings(tree, self.mesh))
+        return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), tree)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, step: int | None = None, *, profile: Profile | None = None,
@@ -181,15 +203,11 @@ class Policy:
         return nnx.split(self.model, nnx.LoRAParam, ...)[1]
 
     def use_adapters(self, lora: Any, *, step: int | None = None) -> Any:
-        """Put adapters (e.g. restored ones) into the model, and return them as the model now holds them: by way of
-        numpy, arrays not committed to a device, as a fresh model's are; committed ones would make every program
-        that takes them a new one, compiled again rather than loaded from the compilation cache."""
-        import jax
-        import jax.numpy as jnp
-        import numpy as np
+        """Put adapters (e.g. restored ones) into the model, placed as `place` says, and return them as the model
+        now holds them."""
         from flax import nnx
 
-        lora = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), lora)
+        lora = self.place(lora)
         nnx.update(self.model, lora)
         self.step = step
         return lora

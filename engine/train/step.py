@@ -143,10 +143,20 @@ class Phases:
     """The update and the log-probability passes for one model and optimizer: holds what they share (the model split
     once into structure, adapters and base weights; the reference's zero adapters) and brings results to the host."""
 
-    def __init__(self, model: Any, optimizer: optax.GradientTransformation, settings: LossSettings):
+    def __init__(self, model: Any, optimizer: optax.GradientTransformation, settings: LossSettings, *,
+                 mesh: Any = None):
         graphdef, lora, self.base = nnx.split(model, nnx.LoRAParam, ...)
         self.spec = UpdateSpec(graphdef, optimizer, settings)
         self.zero_lora = lora_disabled(lora)
+        self.mesh = mesh if mesh is not None and mesh.size > 1 else None   # batches split over its fsdp axis
+
+    def _place(self, arrays: Any) -> Any:
+        """Batch arrays (rows first) split over the mesh's `fsdp` axis; as they are on one device."""
+        if self.mesh is None:
+            return arrays
+        from engine.sharding import put_batch
+
+        return jax.tree.map(lambda a: put_batch(a, self.mesh), arrays)
 
     @property
     def settings(self) -> LossSettings:
@@ -154,13 +164,13 @@ class Phases:
 
     def logprobs(self, lora: Any, batch: SequenceBatch) -> np.ndarray:
         """Per-token log-probabilities of the completions under `lora` (the old policy), f32 [B, C]."""
-        return np.asarray(policy_logprobs(lora, self.base, batch.arrays(), self.spec))
+        return np.asarray(policy_logprobs(lora, self.base, self._place(batch.arrays()), self.spec))
 
     def reference_logprobs(self, batch: SequenceBatch) -> np.ndarray:
         """The same under the reference model (adapters off)."""
-        return np.asarray(policy_logprobs(self.zero_lora, self.base, batch.arrays(), self.spec))
+        return np.asarray(policy_logprobs(self.zero_lora, self.base, self._place(batch.arrays()), self.spec))
 
     def update(self, lora: Any, opt_state: Any, example: Any) -> tuple[Any, Any, dict[str, float]]:
         """`update` on a TrainExample; the metrics as floats (`finite` 0/1)."""
-        new_lora, new_opt, metrics = update(lora, opt_state, self.base, example, self.spec)
+        new_lora, new_opt, metrics = update(lora, opt_state, self.base, self._place(example), self.spec)
         return new_lora, new_opt, {k: float(v) for k, v in jax.device_get(metrics).items()}
