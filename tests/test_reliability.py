@@ -336,8 +336,10 @@ def _foreground_run(tmp_path: Path) -> tuple[subprocess.Popen, int, list[bytes],
         os.setsid()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
+    # a run long enough to outlast the test on a slow machine (the test ends its engine)
     proc = subprocess.Popen([sys.executable, "-m", "tunix_tui.cli", "--output-dir", str(tmp_path / "runs"), "run",
-                             str(TINY)], stdin=slave, stdout=slave, stderr=slave, preexec_fn=own_terminal,
+                             str(TINY), "training.num_batches=400", "training.eval_every_n_steps=0",
+                             "eval.final=false"], stdin=slave, stdout=slave, stderr=slave, preexec_fn=own_terminal,
                             env=engine_env())
     os.close(slave)
     out: list[bytes] = []
@@ -348,6 +350,16 @@ def _foreground_run(tmp_path: Path) -> tuple[subprocess.Popen, int, list[bytes],
     text = b"".join(out).decode()
     assert "engine pid" in text, text
     pid = int(text.split("engine pid ", 1)[1].split(")")[0])
+
+    def drain() -> None:   # read the terminal as a person's would be: the command never blocks on a full pty
+        while True:
+            try:
+                if select.select([master], [], [], 0.2)[0]:
+                    out.append(os.read(master, 4096))
+            except (OSError, ValueError):
+                return
+
+    threading.Thread(target=drain, daemon=True).start()
     return proc, master, out, pid
 
 

@@ -72,13 +72,13 @@ def test_view_snapshot(views_scene: Path, snap_compare: Any, size: tuple[int, in
         app = pilot.app
         await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen) and app.screen.caught_up
                          and app.screen.state.alive and app.screen.state.engine_log == []
-                         and app.screen.state.step == 8, timeout=30)
+                         and app.screen.state.step == 8, timeout=120)
         await pilot.press(key)
         if size[0] >= 150:
-            await wait_until(pilot, lambda: isinstance(app.screen, PaneScreen), timeout=30)
+            await wait_until(pilot, lambda: isinstance(app.screen, PaneScreen), timeout=120)
         await pilot.pause(0.3)
         pane = app.screen.query_one(f"#pane-{name}")
-        await wait_until(pilot, lambda: str(pane.query_one(f"#pane-{name}-text").render()).strip(), timeout=30)
+        await wait_until(pilot, lambda: str(pane.query_one(f"#pane-{name}-text").render()).strip(), timeout=120)
         await pilot.pause(0.3)
     assert snap_compare(app_for(attach=Path("runs/20260102-030405-views"), theme=theme), terminal_size=size,
                         run_before=ready)
@@ -91,9 +91,9 @@ def test_compare_snapshot(views_scene: Path, snap_compare: Any, size: tuple[int,
 
     async def ready(pilot: Any) -> None:
         app = pilot.app
-        await wait_until(pilot, lambda: isinstance(app.screen, HomeScreen), timeout=30)
+        await wait_until(pilot, lambda: isinstance(app.screen, HomeScreen), timeout=120)
         app.push_screen(CompareScreen(runs))
         await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.load_seconds is not None
-                         and app.screen.draws > 0, timeout=30)
+                         and app.screen.draws > 0, timeout=120)
         await pilot.pause(0.5)
     assert snap_compare(app_for(theme=theme), terminal_size=size, run_before=ready)
