@@ -118,6 +118,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _print_problems(err)
     except OSError as exc:
         return _fail(f"cannot create the run folder: {exc}", EXIT_FAIL)
+    if not args.detach:
+        ctrl_c_stops(paths.root)
     pid = spawn_detached(paths.root)
     print(f"run {paths.run_id} started (engine pid {pid}) in {paths.root}")
     if args.detach:
@@ -137,6 +139,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return _fail(busy)
     try:
         history = RunPaths(run).events.stat().st_size if RunPaths(run).events.exists() else 0
+        if not args.detach:
+            ctrl_c_stops(run)
         pid = spawn_detached(run, resume=True, allow_changes=args.allow_changes)
     except RunBusy:
         return _fail(busy)
@@ -144,17 +148,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return EXIT_OK if args.detach else follow(run, offset=history)  # not the old run's final status
 
 
-ENGINE_EXIT_WAIT_S = 30.0  # how long `follow` waits for the engine to exit after its final status
-
-
-def follow(run_dir: Path, offset: int = 0) -> int:
-    """Print one compact line per event of interest until the run ends. Ctrl-C asks the engine to stop
-    (it checkpoints first); a second Ctrl-C leaves it running in the background."""
-    from tunix_tui.progress import format_event
-    reader = EventReader(RunPaths(run_dir).events, offset=offset)
+def ctrl_c_stops(run_dir: Path) -> None:
+    """From now on, Ctrl-C asks the run's engine to stop (it checkpoints first); a second Ctrl-C leaves it running
+    and ends the command. Installed as soon as the engine is launched, before anything is printed, so that a Ctrl-C
+    pressed at once is not lost; installing it again for the same run keeps what was already sent."""
+    if getattr(signal.getsignal(signal.SIGINT), "run_dir", None) == run_dir:
+        return
     stop_sent = False
-    last_alive_check = time.monotonic()
-    status = ""
 
     def on_sigint(signum: int, frame: object) -> None:
         nonlocal stop_sent
@@ -165,7 +165,21 @@ def follow(run_dir: Path, offset: int = 0) -> int:
         send_command(run_dir, "stop")
         print("\nstop sent: the engine saves a checkpoint and exits (Ctrl-C again to leave it running)", flush=True)
 
+    on_sigint.run_dir = run_dir  # type: ignore[attr-defined]
     signal.signal(signal.SIGINT, on_sigint)
+
+
+ENGINE_EXIT_WAIT_S = 30.0  # how long `follow` waits for the engine to exit after its final status
+
+
+def follow(run_dir: Path, offset: int = 0) -> int:
+    """Print one compact line per event of interest until the run ends. Ctrl-C asks the engine to stop
+    (it checkpoints first); a second Ctrl-C leaves it running in the background."""
+    from tunix_tui.progress import format_event
+    reader = EventReader(RunPaths(run_dir).events, offset=offset)
+    last_alive_check = time.monotonic()
+    status = ""
+    ctrl_c_stops(run_dir)
 
     def drain() -> str:
         nonlocal status
