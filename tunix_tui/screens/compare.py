@@ -125,6 +125,11 @@ class CompareChart(Vertical):
         for box in self.query(TextBox):  # one line each (inline styles win over the app's stylesheet)
             box.styles.height = 1
 
+    @property
+    def ready(self) -> bool:
+        """Mounted with its title, chart and axis (a chart of a layout being mounted or removed is not)."""
+        return self.is_mounted and bool(self.query(".cmp-chart-title"))
+
 
 class CompareScreen(Screen):
     """Several runs' curves overlaid, and their config diff."""
@@ -388,6 +393,9 @@ class CompareScreen(Screen):
         shown = self._metrics[self.page * self._per_page:(self.page + 1) * self._per_page]
         charts = list(self.query(CompareChart))
         if len(charts) != len(shown):  # a new layout is being mounted: it draws when it is in
+            return
+        if not all(c.ready for c in charts):  # this layout's charts are still composing: draw once they are
+            self.call_after_refresh(self._redraw_charts)
             return
         with self.lock:
             steps = self.zoom
