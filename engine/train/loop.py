@@ -111,7 +111,8 @@ class StepTally:
 class Trainer:
     """One training process for one run directory."""
 
-    def __init__(self, run_dir: str | Path, *, resume: bool = False, install_signals: bool = True, heartbeat_interval: float = 2.0, allow_changes: bool = False):
+    def __init__(self, run_dir: str | Path, *, resume: bool = False, install_signals: bool = True,
+                 heartbeat_interval: float = 2.0, allow_changes: bool = False):
         self.paths = RunPaths(Path(run_dir))
         self.resume = resume
         self.allow_changes = allow_changes   # resume although the profile changed keys (each is recorded)
@@ -284,8 +285,7 @@ class Trainer:
 
         g = p.generation
         self.eos_ids = list(g.eos_tokens)
-        self.rewards = resolve_rewards(p.rewards.functions, p.rewards.weights or None,
-                                                             base_dir=self.paths.root)
+        self.rewards = resolve_rewards(p.rewards.functions, p.rewards.weights or None, base_dir=self.paths.root)
         self.encoder = PromptEncoder.for_profile(self.tokenizer, p)
         self.log.status("loading", detail="tokenizing prompts")
         train = self.splits.train

@@ -14,11 +14,11 @@ from typing import Any
 import jax
 import optax
 
+from engine.config import OptimizerSection
+
 # apply_if_finite gives up and applies a non-finite update after this many in a row: never (the training loop
 # pauses the run after training.max_nonfinite_steps instead)
 NEVER_APPLY_NONFINITE = 2 ** 31 - 1
-
-from engine.config import OptimizerSection
 
 
 def warmup_steps(opt: OptimizerSection, total_steps: int) -> int:
