@@ -151,7 +151,6 @@ class TrainingSection:
     micro_batch_size: int = spec(4, "Prompts per step (each gets `grpo.num_generations` completions).", min=1,
                                  max=4096)
     num_batches: int = spec(3738, "Most training steps per epoch; 0 means every batch of the data.", min=0)
-    num_test_batches: int = spec(100, "Batches of test questions in the final evaluation; 0 means all.", min=0)
     num_epochs: int = spec(1, "Passes over the training data.", min=1)
     train_fraction: float = spec(1.0, "Share of the training split used.", min=0.0, max=1.0, min_exclusive=True)
     eval_every_n_steps: int = spec(10, "Evaluate on the validation set every N steps; 0 never.", min=0)
@@ -294,6 +293,11 @@ def field_map() -> dict[str, FieldInfo]:
 
 # Root-level names the reference project (Agent-Tunix) accepts, mapped to ours.
 LEGACY_KEYS = {"seed": "run.seed", "project_name": "run.project_name"}
+
+# Keys that once existed and now do nothing: a profile (or an older run's frozen profile) may still hold them; they are
+# read past, and `validate` says what replaced them.
+RETIRED_KEYS = {"training.num_test_batches": "eval.final_num_questions sets how many test questions the final "
+                "evaluation answers"}
 
 
 def effective_epsilon_high(grpo: GrpoSection) -> float:

@@ -20,8 +20,8 @@ from typing import Any, Iterable
 
 import tomli_w
 
-from engine.config import (BUILTIN_REWARDS, LEGACY_KEYS, MODEL_CONTEXT, FieldInfo, Profile, field_map,
-                           section_names)
+from engine.config import (BUILTIN_REWARDS, LEGACY_KEYS, MODEL_CONTEXT, RETIRED_KEYS, FieldInfo, Profile,
+                           field_map, section_names)
 from engine.prompt import TEMPLATE_CHOICES
 
 
@@ -264,6 +264,8 @@ def flatten(raw: dict[str, Any], source: str, problems: list[Problem]) -> dict[s
             continue
         for name, v in value.items():
             key = f"{top}.{name}"
+            if key in RETIRED_KEYS:
+                continue
             if key not in fields:
                 hint = suggest_key(key)
                 extra = f"; did you mean {hint}?" if hint else ""
@@ -285,8 +287,9 @@ def build_profile(flat: dict[str, Any], source: str, problems: list[Problem],
         fi = fields.get(key)
         if fi is None:
             hint = suggest_key(key)
-            problems.append(Problem(where, key, "unknown key" + (f"; did you mean {hint}?" if hint else ""),
-                                    value, True))
+            what = (f"no longer used: {RETIRED_KEYS[key]}" if key in RETIRED_KEYS
+                    else "unknown key" + (f"; did you mean {hint}?" if hint else ""))
+            problems.append(Problem(where, key, what, value, True))
             continue
         coerced, err = check_value(fi, value)
         if err:
@@ -587,6 +590,21 @@ def parse_text(text: str, source: str, overrides: Iterable[str] = (), base: Path
     return profile
 
 
+def retired_notes(path: str | os.PathLike) -> list[str]:
+    """One line per retired key a readable profile file still holds (they are read past; this says what replaced
+    them)."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
+        return []
+    notes = []
+    for key, why in RETIRED_KEYS.items():
+        section, _, name = key.partition(".")
+        if isinstance(raw.get(section), dict) and name in raw[section]:
+            notes.append(f"{path}: {key} is no longer used and is ignored: {why}")
+    return notes
+
+
 def load_profile(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Profile:
     """Read and check a profile file (a `.toml`, or a run directory holding `profile.toml`)."""
     p = Path(path)
@@ -606,7 +624,7 @@ def load_profile(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Prof
 NEUTRAL_KEYS = frozenset({
     "run.name", "run.output_dir", "run.project_name",
     "model.mesh_shape", "model.mesh_axes",
-    "training.num_test_batches", "training.eval_every_n_steps", "training.save_interval_steps",
+    "training.eval_every_n_steps", "training.save_interval_steps",
     "training.max_checkpoints_to_keep", "training.logprob_chunk_size", "training.max_nonfinite_steps",
     "generation.partial_every",
 })

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.profile_io import ProfileError, dumps, load_profile
+from engine.profile_io import ProfileError, dumps, load_profile, retired_notes
 from engine.prompt import describe_template
 from engine.protocol import (COMMANDS, FINAL_STATUSES, EventReader, RunAccessError, RunPaths, engine_alive, find_run,
                              list_runs, owner_name, send_command)
@@ -51,6 +51,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except ProfileError as err:
         return _print_problems(err)
     print(f"{args.profile}: valid")
+    for note in retired_notes(args.profile):
+        print(f"note: {note}")
     print(f"prompt template: {describe_template(profile)}")
     if not args.quiet:
         print()
