@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from engine import backend
 from engine.buckets import batch_bucket, next_pow2
 from engine.model import infer
 from engine.model.config import ModelConfig
@@ -153,7 +154,8 @@ def sample_logits(logits: jax.Array, key: jax.Array, temperature: jax.Array, top
 
 # From this many rows on, the output layer is computed as embedding @ hidden^T, giving vocabulary-major logits
 # [V, B] that the sampling code reads in that layout: XLA's CPU matmul streams the [V, d] embedding far better that
-# way than as hidden @ embedding^T (measured: about 1.6x at batch 8 and 1.4x at batch 32; slower at batch 1).
+# way than as hidden @ embedding^T (measured: about 1.6x at batch 8 and 1.4x at batch 32; slower at batch 1). CPU only:
+# other backends take the plain form (engine/backend.py).
 VOCAB_MAJOR_MIN_ROWS = 4
 
 
@@ -161,7 +163,7 @@ def last_logits(embedding: jax.Array, hidden: jax.Array, dtype: jnp.dtype) -> tu
     """float32 logits for hidden states [B, d] through the tied embedding [V, d]: ([B, V] or [V, B], vocab_major)."""
     emb = embedding.astype(dtype)
     h = hidden.astype(dtype)
-    if hidden.shape[0] < VOCAB_MAJOR_MIN_ROWS:
+    if hidden.shape[0] < VOCAB_MAJOR_MIN_ROWS or not backend.cpu_layouts():
         return jnp.dot(h, emb.T).astype(jnp.float32), False
     return jax.lax.dot_general(emb, h, (((1,), (1,)), ((), ()))).astype(jnp.float32), True
 
@@ -297,6 +299,8 @@ class Sampler:
         self.share_prompts = share_prompts   # prefill each distinct prompt once
         self._prepared: tuple[list, infer.InferenceWeights] | None = None
         self.programs: set[tuple] = set()  # (batch bucket, prompt bucket, mode) seen: one prefill + one decode each
+        # several processes: the next chunk's size as all take it (process 0's; engine.distributed.share_int)
+        self.agree_chunk: Callable[[int], int] | None = None
 
     def prompt_bucket(self, n: int) -> int:
         """Padded prompt length for a longest prompt of n tokens."""
@@ -333,7 +337,8 @@ class Sampler:
                      pad_id=self.pad_id, stop_seqs=self.stop_sequences)
         self.programs.add((b, p_len, mode))
         graphdef, state = nnx.split(self.model)
-        fast = self.fast_weights if self.fast_weights is not None else b >= VOCAB_MAJOR_MIN_ROWS
+        fast = (self.fast_weights if self.fast_weights is not None
+                else b >= VOCAB_MAJOR_MIN_ROWS and backend.cpu_layouts())
         if fast:
             st = _Static(self.model.cfg, self.model.dtype, None, mode)
             params = (self.model.embedder.input_embedding[...], self._inference_weights(graphdef, state))
@@ -365,6 +370,8 @@ class Sampler:
                 carry.step.block_until_ready()
                 per_token = (time.perf_counter() - started) / (end - step)
                 chunk = max(1, min(2 * chunk, int(chunk_seconds / max(per_token, 1e-6))))
+                if self.agree_chunk is not None:
+                    chunk = self.agree_chunk(chunk)
             step = end
         out_tokens, logprobs, lengths, done_out = jax.device_get(
             (carry.tokens, carry.logprobs, carry.lengths, carry.done))

@@ -66,8 +66,7 @@ def load_run_model(run: Path, step: int | None, on_progress: Any = None) -> tupl
             raise FileNotFoundError(f"run {run.name} has no checkpoint yet")
         model, tokenizer = load_model_and_tokenizer(profile.model, on_progress=on_progress, seed=profile.run.seed)
         m = profile.model
-        apply_lora(model, m.lora_rank, m.lora_alpha, m.lora_module_path, rngs=nnx.Rngs(profile.run.seed + 1),
-                   param_dtype=model.param_dtype)
+        apply_lora(model, m.lora_rank, m.lora_alpha, m.lora_module_path, rngs=nnx.Rngs(profile.run.seed + 1))
         used, lora, _ = store.restore_lora(step, lora_state(model))
         nnx.update(model, jax.tree.map(jnp.asarray, lora))
     finally:

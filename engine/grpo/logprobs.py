@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from engine import backend
+
 VOCAB_BLOCK = 4096   # rows of the output layer per block of `probs @ embedding` (measured fastest on CPU)
 
 
@@ -26,7 +28,7 @@ def probs_times_embedding(probs: Array, embedding: Array, block: int = VOCAB_BLO
     XLA's CPU dot for a contraction over 262144 rows runs at about half the speed of the same product split into
     4096-row blocks (each block's weights stay in cache)."""
     vocab, dim = embedding.shape
-    if vocab <= block or vocab % block:
+    if vocab <= block or vocab % block or not backend.cpu_layouts():
         return jnp.einsum("cv,vd->cd", probs, embedding, preferred_element_type=jnp.float32)
     rows = probs.shape[0]
 

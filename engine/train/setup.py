@@ -121,7 +121,8 @@ def load_splits(p: Profile, *, source: str | None = None, path: str | None = Non
 
 
 def load_policy(p: Profile, on_progress: Callable[[str], None] | None = None) -> tuple[Any, Any]:
-    """(model with fresh LoRA adapters, tokenizer) for a profile; the adapters' initial values depend on run.seed."""
+    """(model with fresh LoRA adapters, tokenizer) for a profile; the adapters' initial values depend on run.seed.
+    The adapters are float32 whatever the model's dtype (a bfloat16 model computes them in bfloat16)."""
     from flax import nnx
 
     from engine.model.load import load_model_and_tokenizer
@@ -129,7 +130,7 @@ def load_policy(p: Profile, on_progress: Callable[[str], None] | None = None) ->
 
     model, tokenizer = load_model_and_tokenizer(p.model, on_progress=on_progress, seed=p.run.seed)
     apply_lora(model, p.model.lora_rank, p.model.lora_alpha, p.model.lora_module_path,
-               rngs=nnx.Rngs(p.run.seed + 1), param_dtype=model.param_dtype)
+               rngs=nnx.Rngs(p.run.seed + 1))   # float32 master adapters (and so optimizer state) whatever the dtype
     return model, tokenizer
 
 
