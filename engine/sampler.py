@@ -32,12 +32,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from engine import backend
 from engine.buckets import batch_bucket, next_pow2
+from engine.distributed import to_host   # jax.device_get, also of rows on other processes' devices
 from engine.model import infer
 from engine.model.config import ModelConfig
 from engine.model.gemma3 import Cache, Gemma3, init_cache
+from engine.sharding import constrain_cache, mesh_of, put_batch
 
 
 @dataclass
@@ -176,6 +179,7 @@ class _Static:
     dtype: jnp.dtype
     graphdef: object | None   # None: fast path over `infer.prepare` weights; else the model's own forward
     mode: _Mode
+    mesh: Mesh | None = None  # the weights' mesh (engine/sharding.py): batch and cache rows split over its fsdp
 
 
 def _forward_logits(st: _Static, params, tokens, positions, mask, cache):
@@ -241,9 +245,13 @@ def _prefill(st: _Static, params, tokens, pads, src, done, key, temperature, top
     s = p + mode.max_new
     key_slots = jnp.arange(s, dtype=jnp.int32)
     mask = (key_slots[None, None, :] >= pads[:, None, None]) & (key_slots[None, None, :] <= slots[None, :, None])
+    if st.mesh is not None:
+        cache = constrain_cache(cache, st.mesh)
     (logits, vocab_major), cache = _forward_logits(st, params, tokens, positions, mask, cache)
     logits = logits[:, src] if vocab_major else logits[src]
     cache = _rows_of(cache, src, st.cfg.num_kv_heads)
+    if st.mesh is not None:
+        cache = constrain_cache(cache, st.mesh)
     tokens, pads = tokens[src], pads[src]
     tok, lp = sample_logits(logits, jax.random.fold_in(key, 0), temperature, top_p, top_k=mode.top_k,
                             greedy=mode.greedy, use_top_p=mode.use_top_p, vocab_major=vocab_major)
@@ -339,11 +347,14 @@ class Sampler:
         graphdef, state = nnx.split(self.model)
         fast = (self.fast_weights if self.fast_weights is not None
                 else b >= VOCAB_MAJOR_MIN_ROWS and backend.cpu_layouts())
+        mesh = mesh_of(self.model.embedder.input_embedding[...])
         if fast:
-            st = _Static(self.model.cfg, self.model.dtype, None, mode)
+            st = _Static(self.model.cfg, self.model.dtype, None, mode, mesh)
             params = (self.model.embedder.input_embedding[...], self._inference_weights(graphdef, state))
         else:
-            st, params = _Static(self.model.cfg, self.model.dtype, graphdef, mode), state
+            st, params = _Static(self.model.cfg, self.model.dtype, graphdef, mode, mesh), state
+        if mesh is not None:   # the prompts' rows split over fsdp like every other batch
+            tokens, pads, src, done = (put_batch(x, mesh) for x in (tokens, pads, src, done))
         key = jax.random.key(seed)
         t, tp = jnp.float32(temperature), jnp.float32(top_p)
         carry = _prefill(st, params, jnp.asarray(tokens), jnp.asarray(pads), jnp.asarray(src), jnp.asarray(done),
@@ -358,7 +369,7 @@ class Sampler:
                 if bool(jnp.all(carry.done)):
                     break
             if between_chunks is not None:
-                finished = int(np.count_nonzero(jax.device_get(carry.done)[:n]))
+                finished = int(np.count_nonzero(to_host(carry.done)[:n]))
                 between_chunks(step, finished)
                 if finished == n:
                     break
@@ -373,7 +384,7 @@ class Sampler:
                 if self.agree_chunk is not None:
                     chunk = self.agree_chunk(chunk)
             step = end
-        out_tokens, logprobs, lengths, done_out = jax.device_get(
+        out_tokens, logprobs, lengths, done_out = to_host(
             (carry.tokens, carry.logprobs, carry.lengths, carry.done))
         if on_partial is not None:
             on_partial([list(map(int, out_tokens[i, :lengths[i]])) for i in range(n)])
@@ -430,5 +441,5 @@ class Sampler:
 
     @staticmethod
     def _rows(carry: _Carry, n: int) -> list[list[int]]:
-        toks, lengths = jax.device_get((carry.tokens, carry.lengths))
+        toks, lengths = to_host((carry.tokens, carry.lengths))
         return [list(map(int, toks[i, :lengths[i]])) for i in range(n)]

@@ -112,6 +112,29 @@ def put_batch(array: Any, mesh: Mesh) -> jax.Array:
     return jax.device_put(array, NamedSharding(mesh, batch_spec(shape, mesh)))
 
 
+def cache_spec(shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """A KV cache array ([rows, slots, head_dim], or with layers stacked in front), whose rows are batch row x KV
+    head (row b*K + k): rows over `fsdp`, so each device holds the cache of the batch rows it holds (a block of
+    B/fsdp batch rows is exactly a block of rows here). Gemma 3 270M and 1B have one KV head, so `tp` keeps the cache
+    whole; the heads' projections are split over it."""
+    return partition_spec(("layers",) * (len(shape) - 3) + ("batch", "length", "norm"), shape, mesh)
+
+
+def constrain_cache(cache: Any, mesh: Mesh) -> Any:
+    """Inside a jitted program: the cache's arrays placed by `cache_spec` (the write index stays replicated)."""
+    def one(x: Any) -> Any:
+        if np.ndim(x) < 3:
+            return x
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, cache_spec(np.shape(x), mesh)))
+    return jax.tree.map(one, cache)
+
+
+def mesh_of(array: Any) -> Mesh | None:
+    """The mesh of more than one device an array is laid out on (a weight placed by `shard_model`), else None."""
+    placed = getattr(array, "sharding", None)
+    return placed.mesh if isinstance(placed, NamedSharding) and placed.mesh.size > 1 else None
+
+
 def describe(mesh: Mesh) -> str:
     """E.g. "mesh fsdp=4 x tp=2 over 8 cpu devices"."""
     sizes = " x ".join(f"{name}={n}" for name, n in mesh.shape.items())

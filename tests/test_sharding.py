@@ -51,7 +51,17 @@ def figures(model, put):
     (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(lora, rest, toks, ok)
     return float(value), np.asarray(logits), [np.asarray(g) for g in jax.tree.leaves(grads)], toks
 
-one_value, one_logits, one_grads, _ = figures(build(), lambda x: x)
+from engine.sampler import Sampler
+from engine.model.gemma3 import init_cache
+PROMPTS = [[2, 40, 41, 42], [2, 50, 51], [2, 60, 61, 62, 63], [2, 70], [2, 80, 81], [2, 90, 91, 92], [2, 9], [2, 7, 8]]
+
+def greedy(model):
+    out = Sampler(model, None, eos_ids=[1], max_prompt_length=8, max_new_tokens=10)(PROMPTS, greedy=True)
+    return out.tokens.tolist(), out.logprobs
+
+one_model = build()
+one_value, one_logits, one_grads, _ = figures(one_model, lambda x: x)
+one_tokens, one_lp = greedy(one_model)
 out = {"devices": len(jax.devices()), "meshes": {}}
 for shape in ([1, 1], [8, 1], [4, 2], [2, 4]):
     mesh = sharding.make_mesh(shape, ["fsdp", "tp"])   # [1, 1]: the first device of the 8
@@ -62,6 +72,8 @@ for shape in ([1, 1], [8, 1], [4, 2], [2, 4]):
     out["meshes"][str(shape)] = {
         "loss": abs(value - one_value) / abs(one_value), "logits": rel(logits, one_logits),
         "grads": max(rel(g, o) for g, o in zip(grads, one_grads)), "describe": sharding.describe(mesh)}
+    tokens_, lp = greedy(model)
+    out["meshes"][str(shape)].update(same_tokens=tokens_ == one_tokens, sample_logprobs=rel(lp, one_lp))
     if shape == [4, 2]:
         state = nnx.state(model)
         flat = {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in p): v
@@ -76,6 +88,8 @@ for shape in ([1, 1], [8, 1], [4, 2], [2, 4]):
             "embedding": spec("input_embedding"), "q": spec("q_einsum/kernel"), "q_a": spec("q_einsum/lora/lora_a"),
             "q_b": spec("q_einsum/lora/lora_b"), "down": spec("down_proj/kernel"), "norm": spec("final_norm"),
             "batch": str(tuple(toks.sharding.spec)), "opt_equals_lora": mu_specs == lora_specs,
+            "cache": sorted({str(tuple(x.sharding.spec)) for x in jax.tree.leaves(jax.jit(
+                lambda: sharding.constrain_cache(init_cache(cfg, 8, 16, jnp.float32), mesh))()) if x.ndim == 3}),
             "on_devices": len(flat[[k for k in flat if "q_einsum/kernel" in k][0]].sharding.device_set)}
 print("RESULT" + json.dumps(out))
 """
@@ -97,6 +111,7 @@ def test_every_mesh_gives_the_one_device_figures(on_eight_devices: dict):
     assert on_eight_devices["devices"] == 8
     for shape, fig in on_eight_devices["meshes"].items():
         assert fig["loss"] <= 1e-5 and fig["logits"] <= 1e-5 and fig["grads"] <= 1e-5, (shape, fig)
+        assert fig["same_tokens"] and fig["sample_logprobs"] <= 1e-5, (shape, fig)   # greedy generations
     assert on_eight_devices["meshes"]["[4, 2]"]["describe"] == "mesh fsdp=4 x tp=2 over 8 cpu devices"
 
 
@@ -109,6 +124,7 @@ def test_each_array_sits_where_the_rules_say(on_eight_devices: dict):
     assert placed["down"] == "('tp', 'fsdp')"               # (mlp, embed)
     assert placed["norm"] == "(None,)"
     assert placed["batch"] == "('fsdp', None)"              # rows over fsdp
+    assert placed["cache"] == ["('fsdp',)"]      # KV cache rows (batch x kv head) follow the batch
     assert placed["opt_equals_lora"] and placed["on_devices"] == 8
 
 
