@@ -298,8 +298,10 @@ class Trainer:
         self.optimizer = make_optimizer(p.optimizer, n_updates)
         self.phases = Phases(self.model, self.optimizer, LossSettings.from_profile(p), mesh=self.policy.mesh)
         lora = self.policy.lora
-        self.state = TrainState(step=0, lora=lora, opt_state=self.optimizer.init(lora),
-                                data_position=self.iterator.state_dict())
+        opt_state = self.optimizer.init(lora)
+        if self.policy.mesh.size > 1:   # its counters on the mesh too, as the update returns them: else the second
+            opt_state = self.policy.place(opt_state)   # update would be compiled again for the new placement
+        self.state = TrainState(step=0, lora=lora, opt_state=opt_state, data_position=self.iterator.state_dict())
         self._eval_sampler: Any = None
 
     def _plan_resume(self) -> Any:
