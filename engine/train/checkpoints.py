@@ -166,7 +166,9 @@ def unflatten_named(template: Any, flat: dict[str, Any], what: str) -> Any:
         value = np.asarray(flat[name])
         if tuple(value.shape) != tuple(np.shape(leaf)):
             wrong.append(f"{name} {tuple(value.shape)} (saved) vs {tuple(np.shape(leaf))} (now)")
-        leaves.append(value.astype(np.asarray(leaf).dtype, copy=False))
+        # the template's own dtype: a template's array may span other processes' devices (not readable here)
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        leaves.append(value.astype(dtype, copy=False))
     if missing or wrong:
         parts = ([f"missing {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")] if missing else []) + \
                 ([f"shape {', '.join(wrong[:5])}"] if wrong else [])

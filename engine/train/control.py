@@ -9,6 +9,13 @@ running), a stop is returned to the loop, which saves and exits. A checkpoint re
 thread at the next such point, and its acknowledgement carries the outcome ("saved step 5 -> PATH, 0.8 s", "step 5
 is already saved ...").
 
+In a run of several processes (engine/distributed.py) process 0 alone reads the control folder, and every process
+must take the same turn at the same boundary: there `boundary` gathers each process's state (process 0's pause,
+checkpoint request and stop; the others' stop signals) and all act on what they gathered, so a pause holds all, a
+checkpoint is saved by all (orbax coordinates the writes) and a stop, from a command or from a signal to any process,
+stops all at the same boundary with one checkpoint. A request that arrives while the processes agree waits for the
+next boundary.
+
 Besides the user's commands, `record` carries an event written by another process of the same user while the engine
 lives (a command-line evaluation's `eval`), so that the event stream keeps a single writer.
 """
@@ -30,6 +37,9 @@ log = logging.getLogger("engine")
 # Where the loop checks for commands every chunk (a pause there takes effect within about a second); elsewhere it
 # checks when the phase ends.
 RESPONSIVE = {("running", "rollout"), ("evaluating", None), ("paused", None)}
+
+# Why a run stops, as the number the processes of a distributed run exchange (0: no stop; a reason not listed is 1)
+STOP_REASONS = ("", "stop", "SIGTERM", "SIGINT", "SIGHUP")
 
 
 @dataclass
@@ -54,6 +64,10 @@ class Controller:
     on_record: Callable[[str, dict[str, Any]], tuple[bool, str]] | None = None
     held_seconds: float = 0.0   # time spent inside `boundary` paused or saving on request (the loop leaves it out
     #                             of its phase timings)
+    # several processes: whether this one reads the control folder (process 0), and the exchange of every process's
+    # state at a boundary (engine.distributed.gather_ints); None: one process
+    reads_commands: bool = True
+    sync: Callable[[list[int]], list[list[int]]] | None = None
     _checkpoint_ids: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _watch_stop: threading.Event = field(default_factory=threading.Event)
@@ -65,7 +79,7 @@ class Controller:
         """Handle every waiting command file (ack each one, a checkpoint once served); pick up a stop signal.
         Safe to call from the watcher thread and the loop's thread."""
         with self._lock:
-            for item in take_commands(self.run_dir):
+            for item in (take_commands(self.run_dir) if self.reads_commands else ()):
                 if isinstance(item, str):
                     self.events.info(item, level="warning")
                     continue
@@ -160,6 +174,8 @@ class Controller:
         `save` (which returns (ok, outcome) for the acknowledgement), hold while paused (serving checkpoint requests
         meanwhile; a stop ends the hold), and return what the loop must do."""
         self.poll()
+        if self.sync is not None:
+            return self._agreed_boundary(step, save)
         started = time.perf_counter()
         self._serve(save)
         if self.paused and not self.pending.stop:
@@ -180,6 +196,10 @@ class Controller:
     def _serve(self, save: Callable[[], tuple[bool, str]] | None) -> None:
         if save is None or not self.pending.checkpoint:
             return
+        self._serve_now(save)
+
+    def _serve_now(self, save: Callable[[], tuple[bool, str]]) -> None:
+        """Save once for every checkpoint request taken so far, answering each with the outcome."""
         with self._lock:
             ids, self._checkpoint_ids = self._checkpoint_ids, []
             self.pending.checkpoint = False
@@ -191,6 +211,51 @@ class Controller:
             raise
         for cid in ids:
             self.ack("checkpoint", cid, ok, message)
+
+    # -- several processes ---------------------------------------------------------------------------------------
+
+    def _agree(self) -> tuple[bool, bool, str | None]:
+        """(pause, checkpoint, stop) as every process takes them at this boundary: process 0's pause and checkpoint
+        request; a stop if any process has one (process 0's command or any process's signal)."""
+        with self._lock:
+            stop = self.pending.stop
+            mine = [int(self.paused), int(self.pending.checkpoint),
+                    (STOP_REASONS.index(stop) if stop in STOP_REASONS else 1) if stop else 0]
+        rows = self.sync(mine)
+        lead = rows[0]
+        code = next((row[2] for row in rows if row[2]), 0)
+        reason = STOP_REASONS[code] if 0 < code < len(STOP_REASONS) else ("stop" if code else None)
+        if not self.reads_commands:   # process 0 keeps its own state: a command may have come since it was read
+            with self._lock:
+                self.paused = bool(lead[0])
+                self.pending.checkpoint = bool(lead[1])
+        if reason:
+            with self._lock:
+                self.pending.stop = self.pending.stop or reason
+                self.paused = False
+        return bool(lead[0]), bool(lead[1]), reason
+
+    def _agreed_boundary(self, step: int, save: Callable[[], tuple[bool, str]] | None) -> Pending:
+        """`boundary` of one of several processes: each step of it taken by all on the state they gathered."""
+        started = time.perf_counter()
+        paused, checkpoint, stop = self._agree()
+        if checkpoint and save is not None:
+            self._serve_now(save)
+        if paused and not stop:
+            resume_status = self.events.status_now, self.events.phase_now
+            self.events.status("paused", step=step, detail=self.pause_reason if self.pause_reason != "requested"
+                               else "")
+            while paused and not stop:
+                self.sleep(self.poll_interval)
+                self.poll()
+                paused, checkpoint, stop = self._agree()
+                if checkpoint and save is not None:
+                    self._serve_now(save)   # by every process (process 0 answers the requests)
+                    self.events.status("paused", step=step, force=True)
+            if not stop and resume_status[0]:
+                self.events.status(resume_status[0], phase=resume_status[1], step=step)
+        self.held_seconds += time.perf_counter() - started
+        return Pending(checkpoint=False, stop=stop)
 
     def take(self) -> Pending:
         """The pending actions (a stop stays set: the loop is ending)."""

@@ -20,8 +20,10 @@ log = logging.getLogger("engine")
 class RunLog:
     """Writes a run's events; remembers the current status so each change is emitted exactly once."""
 
-    def __init__(self, events_path: str | Path, *, fsync: bool = False):
-        self._writer = EventWriter(events_path, fsync=fsync)
+    def __init__(self, events_path: str | Path, *, fsync: bool = False, write: bool = True):
+        # write=False: the events are made (and logged) but not written: an engine process other than process 0 of
+        # a distributed run, which leaves the run's one event stream to process 0
+        self._writer = EventWriter(events_path, fsync=fsync) if write else None
         self._lock = threading.Lock()
         self.status_now: str = ""
         self.phase_now: str | None = None
@@ -32,6 +34,8 @@ class RunLog:
         """Write one event (NaN/inf become null). A write the file system refuses (a full disk) is logged and
         dropped rather than raised: the engine goes on, and the next event starts on a fresh line."""
         clean = sanitize(payload)
+        if self._writer is None:
+            return {"type": type_, **clean}
         with self._lock:
             try:
                 event = self._writer.emit(type_, **clean)
@@ -78,4 +82,5 @@ class RunLog:
 
     def close(self) -> None:
         with self._lock:
-            self._writer.close()
+            if self._writer is not None:
+                self._writer.close()

@@ -7,6 +7,12 @@ A step passes records (engine.train.records): the rollout phase makes a `Rollout
 
 `Trainer(run_dir).run()` does a whole run and returns the process exit code (0 finished or stopped, 1 failed).
 Everything the console needs goes to RUN_DIR/events.jsonl; nothing is written outside the run directory.
+
+One of several processes (engine/distributed.py) runs the same loop on the same data and seeds, so every process
+computes the same rollouts, rewards and metrics over the mesh of all their devices; process 0 alone writes the events
+(the others' RunLog writes nothing), engine.json, TensorBoard and W&B, and reads the control folder; the control
+state is agreed at each boundary (engine.train.control), arrays are brought to the host whole (engine.distributed
+.to_host) and every process takes part in each checkpoint (orbax writes the host arrays from process 0).
 """
 
 from __future__ import annotations
@@ -118,10 +124,15 @@ class Trainer:
         self.allow_changes = allow_changes   # resume although the profile changed keys (each is recorded)
         self.install_signals = install_signals
         self.heartbeat_interval = heartbeat_interval
-        self.log = RunLog(self.paths.events)
+        from engine import distributed
+
+        self.lead = distributed.is_lead()              # writes the run (process 0, or the only process)
+        self.processes = distributed.process_count()
+        self.log = RunLog(self.paths.events, write=self.lead)
         self.signals = StopSignal()
         self.control = Controller(self.paths.root, self.log, signal_stop=lambda: self.signals.requested,
-                                  on_record=self._record_event)
+                                  on_record=self._record_event, reads_commands=self.lead,
+                                  sync=distributed.gather_ints if self.processes > 1 else None)
         self.profile: Profile | None = None
         self.state: TrainState | None = None
         self.store: Any = None
@@ -142,8 +153,10 @@ class Trainer:
 
     def run(self) -> int:
         """Do the run; returns the exit code. Never raises (an error is an event plus exit code 1)."""
-        heartbeat = Heartbeat(self.paths.root, self.heartbeat_interval).start()
-        self.control.start_watching()
+        heartbeat = Heartbeat(self.paths.root, self.heartbeat_interval)
+        if self.lead:
+            heartbeat.start()
+            self.control.start_watching()
         if self.install_signals:
             self.signals.install()
         try:
@@ -223,7 +236,7 @@ class Trainer:
         self.watch = Watch(self)  # system figures, alerts, probes
         if resume_step is not None:
             self._restore(resume_step)
-        if profile.logging.tensorboard:  # a listener of the event stream, from run_started on
+        if profile.logging.tensorboard and self.lead:  # a listener of the event stream, from run_started on
             from engine.train.tensorboard_log import TensorBoardLogger
 
             self.log.listeners.append(TensorBoardLogger(self.paths.root / "tensorboard",
@@ -275,6 +288,14 @@ class Trainer:
 
         self.policy = Policy.load(p, progress)
         self.model, self.tokenizer = self.policy.model, self.policy.tokenizer
+        if self.processes > 1:
+            import jax
+
+            if self.policy.mesh.size != jax.device_count():
+                raise ValueError(f"model.mesh_shape {list(self.policy.mesh.devices.shape)} uses "
+                                 f"{self.policy.mesh.size} of the {jax.device_count()} devices of the "
+                                 f"{self.processes} processes; a run of several processes needs them all "
+                                 f"(model.mesh_shape = [] puts them all on fsdp)")
 
     def _build_training(self, p: Profile) -> None:
         from engine.rewards import resolve_rewards
@@ -290,9 +311,10 @@ class Trainer:
         self.log.status("loading", detail="tokenizing prompts")
         train = self.splits.train
         self.prompt_width = self.encoder.width(train)
-        self.sampler = Sampler(self.model, self.tokenizer, eos_ids=self.eos_ids, max_prompt_length=g.max_prompt_length,
-                               max_new_tokens=g.max_generation_steps, min_prompt_bucket=self.encoder.bucket(train),
-                               stop_sequences=self.encoder.stop_ids)
+        self.sampler = self._agreeing(Sampler(
+            self.model, self.tokenizer, eos_ids=self.eos_ids, max_prompt_length=g.max_prompt_length,
+            max_new_tokens=g.max_generation_steps, min_prompt_bucket=self.encoder.bucket(train),
+            stop_sequences=self.encoder.stop_ids))
         n_updates = self.total_steps * p.grpo.num_iterations
         self.schedule = learning_rate_schedule(p.optimizer, n_updates)
         self.optimizer = make_optimizer(p.optimizer, n_updates)
@@ -336,7 +358,7 @@ class Trainer:
                     from None
             raise
         for bad, why in sorted(plan.damaged + failed, reverse=True):
-            where = self.store.set_aside(bad)
+            where = self.store.set_aside(bad) if self.lead else None
             self.log.info(f"the checkpoint of step {bad} cannot be restored ({why})"
                           + (f"; moved to {where}" if where else ""), level="warning")
         changes = fingerprint_differences(restored.meta.get("fingerprint", {}), self.fingerprint)
@@ -357,7 +379,7 @@ class Trainer:
     def _start_wandb(self, p: Profile, *, resumed: bool) -> None:
         from engine.train.wandb_log import WandbLogger, resolve_mode
 
-        mode = resolve_mode(p.logging.wandb_mode)
+        mode = resolve_mode(p.logging.wandb_mode) if self.lead else "disabled"   # one W&B run: process 0's
         if p.logging.wandb_mode == "auto" and mode == "disabled":
             log.info("W&B disabled (auto: no key configured)")
         self.wandb = WandbLogger(mode, project=p.run.project_name, run_name=self.paths.run_id,
@@ -428,7 +450,8 @@ class Trainer:
         if self._saved_step != step:
             from engine.train.checkpoints import all_finite
 
-            if not (all_finite(self.state.lora) and all_finite(self.state.opt_state)):
+            lora, opt_state = self._host_state()
+            if not (all_finite(lora) and all_finite(opt_state)):
                 self.log.info(f"step {step}: the state is not finite; no checkpoint written", level="error")
                 return False, f"step {step} not saved: its state is not finite"
             t0 = time.perf_counter()
@@ -438,7 +461,7 @@ class Trainer:
                     "rng": {"seed": self.profile.run.seed, "scheme": "sampling seed = SeedSequence([seed, step])"},
                     "updates": self.state.updates, "nonfinite_in_row": self.state.nonfinite_in_row,
                     "total_steps": self.total_steps, "reason": reason, "figures": self.figures}
-            path = self._write_checkpoint(step, reason, meta)
+            path = self._write_checkpoint(step, reason, meta, lora, opt_state)
             if path is None:
                 return False, f"step {step} not saved (see the error)"
             self._saved_step = step
@@ -450,7 +473,17 @@ class Trainer:
         self.log.emit("checkpoint", step=step, path=str(path), reason=reason, **({"detail": detail} if detail else {}))
         return True, outcome
 
-    def _write_checkpoint(self, step: int, reason: str, meta: dict[str, Any]) -> Path | None:
+    def _host_state(self) -> tuple[Any, Any]:
+        """The committed adapters and optimizer state to save: as they are on one process; whole on each of several
+        (a collective: orbax writes process 0's copy)."""
+        if self.processes == 1:
+            return self.state.lora, self.state.opt_state
+        from engine.distributed import to_host
+
+        return to_host((self.state.lora, self.state.opt_state))
+
+    def _write_checkpoint(self, step: int, reason: str, meta: dict[str, Any], lora: Any,
+                          opt_state: Any) -> Path | None:
         """`store.save` with the free space checked first. Short of space (or cut short by a full disk), it pauses
         with an error saying how much to free where, and tries again on resume; at a stop or after a failure it
         gives up, saying so (None)."""
@@ -458,8 +491,8 @@ class Trainer:
 
         while True:
             try:
-                self.store.check_space(step, self.state.lora, self.state.opt_state)
-                return self.store.save(step, self.state.lora, self.state.opt_state, meta)
+                self.store.check_space(step, lora, opt_state)
+                return self.store.save(step, lora, opt_state, meta)
             except DiskFull as exc:
                 if reason in ("stop", "error") or self.control.pending.stop:
                     self._report_unsaved(reason, exc)
@@ -703,12 +736,20 @@ class Trainer:
         if self._eval_sampler is None:
             p = self.profile
             every = list(self.splits.validation) + list(self.splits.test)
-            self._eval_sampler = Sampler(self.model, self.tokenizer, eos_ids=self.eos_ids,
-                                         max_prompt_length=p.generation.max_prompt_length,
-                                         max_new_tokens=p.eval.max_generation_steps,
-                                         min_prompt_bucket=self.encoder.bucket(select(every, 4096)),
-                                         stop_sequences=self.encoder.stop_ids)
+            self._eval_sampler = self._agreeing(Sampler(
+                self.model, self.tokenizer, eos_ids=self.eos_ids, max_prompt_length=p.generation.max_prompt_length,
+                max_new_tokens=p.eval.max_generation_steps,
+                min_prompt_bucket=self.encoder.bucket(select(every, 4096)), stop_sequences=self.encoder.stop_ids))
         return self._eval_sampler
+
+    def _agreeing(self, sampler: Any) -> Any:
+        """A sampler of this run: one of several processes sizes its decode chunks as process 0 does (each chunk is
+        a program run by all, and each boundary between chunks a turn they take together)."""
+        if self.processes > 1:
+            from engine.distributed import share_int
+
+            sampler.agree_chunk = share_int
+        return sampler
 
     def _note_eval(self, payload: dict[str, Any]) -> None:
         figures = {k: payload.get(k) for k in ("step", "split", "num_questions", "accuracy", "partial_accuracy",
@@ -728,6 +769,8 @@ class Trainer:
 
     def _summary(self, status: str) -> None:
         """The `summary` event that closes a finished or stopped run (never fails the run)."""
+        if not self.lead:
+            return
         try:
             with open(self.paths.events, "rb") as fh:
                 began = float(json.loads(fh.readline())["t"])

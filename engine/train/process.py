@@ -16,12 +16,18 @@ from engine.protocol import write_engine_info
 log = logging.getLogger("engine")
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    """One line per record on stdout (the launcher sends stdout to engine.log)."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+def setup_logging(level: int = logging.INFO, *, prefix: str = "", also_to: Path | None = None) -> None:
+    """One line per record on stdout (the launcher sends stdout to engine.log); each line starts with `prefix`
+    (e.g. "[process 1/2] "), and goes to the file `also_to` as well (a distributed run's process 0, in the
+    foreground, keeps the run's engine.log)."""
+    formatter = logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if also_to is not None:
+        handlers.append(logging.FileHandler(also_to, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(level)
     for noisy in ("jax._src", "orbax", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

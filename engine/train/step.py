@@ -19,6 +19,7 @@ import optax
 from flax import nnx
 
 from engine.config import Profile, effective_epsilon_high
+from engine.distributed import to_host   # whole on the host, also rows on other processes' devices
 from engine.grpo.logprobs import token_logprobs
 from engine.grpo.loss import grpo_loss
 from engine.model.gemma3 import grouped_hidden
@@ -164,11 +165,11 @@ class Phases:
 
     def logprobs(self, lora: Any, batch: SequenceBatch) -> np.ndarray:
         """Per-token log-probabilities of the completions under `lora` (the old policy), f32 [B, C]."""
-        return np.asarray(policy_logprobs(lora, self.base, self._place(batch.arrays()), self.spec))
+        return to_host(policy_logprobs(lora, self.base, self._place(batch.arrays()), self.spec))
 
     def reference_logprobs(self, batch: SequenceBatch) -> np.ndarray:
         """The same under the reference model (adapters off)."""
-        return np.asarray(policy_logprobs(self.zero_lora, self.base, self._place(batch.arrays()), self.spec))
+        return to_host(policy_logprobs(self.zero_lora, self.base, self._place(batch.arrays()), self.spec))
 
     def update(self, lora: Any, opt_state: Any, example: Any) -> tuple[Any, Any, dict[str, float]]:
         """`update` on a TrainExample; the metrics as floats (`finite` 0/1)."""
