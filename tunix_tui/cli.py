@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from engine.distributed import add_arguments as add_distributed_arguments
 from engine.profile_io import ProfileError, dumps, load_profile, retired_notes
 from engine.prompt import describe_template
 from engine.protocol import (COMMANDS, FINAL_STATUSES, EventReader, RunAccessError, RunPaths, engine_alive, find_run,
@@ -106,8 +107,37 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def _distributed(args: argparse.Namespace) -> tuple[object | None, int | None]:
+    """(the settings of a run of several processes, or None for one; an exit code when the flags are wrong)."""
+    from engine.distributed import settings_from
+    try:
+        settings = settings_from(args)
+    except ValueError as exc:
+        return None, _fail(str(exc))
+    if settings is not None and (getattr(args, "detach", False) or getattr(args, "sweep", False)):
+        return None, _fail("a run of several processes runs in the foreground, one command per process "
+                           "(no --detach, no --sweep)")
+    return settings, None
+
+
+def _exec_engine(argv: list[str]) -> int:
+    """Become the engine process (`python -m engine ARGV`), in the foreground: one process of a distributed run, as
+    its launcher (srun, ssh) expects, signals and exit status its own."""
+    from engine.launch import engine_env
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "engine", *argv], engine_env())
+    return EXIT_FAIL  # not reached
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.launch import prepare_run, spawn_detached
+    settings, bad = _distributed(args)
+    if bad is not None:
+        return bad
+    if settings is not None:   # every process runs this; process 0 makes the run directory (engine/distributed.py)
+        given = ["--output-dir", args.output_dir] if args.output_dir_given else []
+        return _exec_engine(["train", "--new", args.profile, *args.overrides, *given, *settings.argv()])
     if args.sweep or args.yes or args.parallel != 1:
         if not args.sweep:
             return _fail("--yes and --parallel go with --sweep")
@@ -133,9 +163,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from engine.launch import spawn_detached
     from engine.protocol import RunBusy
+    settings, bad = _distributed(args)
+    if bad is not None:
+        return bad
     run = resolve_run(args.run, args.output_dir)
     if run is None:
         return _fail(f"no run {args.run!r} (give a run directory or an id under {args.output_dir}/)")
+    if settings is not None:   # process 0's engine locks the run (another process's check here could see it start)
+        return _exec_engine(["train", str(run), "--resume", *(["--allow-changes"] if args.allow_changes else []),
+                             *settings.argv()])
     busy = f"run {run.name} is still running (one engine per run); attach to it with: tunix-tui attach {run}"
     if engine_alive(run):
         return _fail(busy)
@@ -327,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. grpo.beta=0.0,0.04 optimizer.learning_rate=1e-6,3e-6 (a queue that outlives the terminal)")
     p.add_argument("--yes", action="store_true", help="with --sweep: start without asking")
     p.add_argument("--parallel", type=int, default=1, metavar="N", help="with --sweep: runs at a time (default 1)")
+    add_distributed_arguments(p)
 
     p = sub.add_parser("resume", help="continue a stopped or failed run from its latest checkpoint")
     p.add_argument("run", help="run directory or run id")
@@ -334,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-changes", action="store_true",
                    help="resume although the run's profile.toml now differs from the checkpoint's in keys that "
                    "change the training (each change is recorded as an event)")
+    add_distributed_arguments(p)
 
     p = sub.add_parser("ctl", help="send a command to a live run and wait for its acknowledgement")
     p.add_argument("run", help="run directory or run id")
