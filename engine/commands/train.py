@@ -103,7 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     from engine.train.process import setup_logging
 
     setup_logging()   # the start-up's lines, before the processes know their numbers
-    index, count = distributed.initialize(settings)
+    try:
+        index, count = distributed.initialize(settings)
+    except ValueError as exc:   # JAX found no coordinator, process count or id (no cluster it knows)
+        print(f"engine train: cannot join the other processes: {exc} (give --coordinator HOST:PORT "
+              f"--num-processes N --process-id I, or run under SLURM, Open MPI or on a Cloud TPU VM)", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - e.g. the coordinator never answered: a sentence, not a traceback
+        print(f"engine train: cannot join the other processes: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     claimed: Path | None = None
     if index == 0:
         claimed, _lock = claim_run(args)

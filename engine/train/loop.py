@@ -286,16 +286,18 @@ class Trainer:
                 self.log.status("loading", detail=f"model: {message}", force=True)
             log.info("model: %s", message)
 
-        self.policy = Policy.load(p, progress)
-        self.model, self.tokenizer = self.policy.model, self.policy.tokenizer
-        if self.processes > 1:
+        if self.processes > 1:   # checked before any weight is placed on a mesh some processes are not in
             import jax
 
-            if self.policy.mesh.size != jax.device_count():
-                raise ValueError(f"model.mesh_shape {list(self.policy.mesh.devices.shape)} uses "
-                                 f"{self.policy.mesh.size} of the {jax.device_count()} devices of the "
-                                 f"{self.processes} processes; a run of several processes needs them all "
-                                 f"(model.mesh_shape = [] puts them all on fsdp)")
+            from engine.sharding import make_mesh
+
+            size = make_mesh(p.model.mesh_shape, p.model.mesh_axes).size
+            if size != jax.device_count():
+                raise ValueError(f"model.mesh_shape {list(p.model.mesh_shape)} uses {size} of the "
+                                 f"{jax.device_count()} devices of the {self.processes} processes; a run of several "
+                                 f"processes needs them all (model.mesh_shape = [] puts them all on fsdp)")
+        self.policy = Policy.load(p, progress)
+        self.model, self.tokenizer = self.policy.model, self.policy.tokenizer
 
     def _build_training(self, p: Profile) -> None:
         from engine.rewards import resolve_rewards
