@@ -394,9 +394,9 @@ class CompareScreen(Screen):
         charts = list(self.query(CompareChart))
         if len(charts) != len(shown):  # a new layout is being mounted: it draws when it is in
             return
-        if not all(c.ready for c in charts):  # this layout's charts are still composing: draw once they are
-            self.call_after_refresh(self._redraw_charts)
-            return
+        if not all(c.ready for c in charts):  # this layout's charts are still composing: look again shortly (a
+            self.set_timer(0.05, self._redraw_charts)   # timer, not call_after_refresh: that would keep the screen
+            return                                      # busy, so it never went idle for as long as they composed)
         with self.lock:
             steps = self.zoom
             x0, x1 = C.x_range(self.curves, self.axis, steps)
