@@ -205,10 +205,3 @@ def to_host(tree: Any) -> Any:
         return np.asarray(x)
     return jax.tree.map(one, tree)
 
-
-def barrier(name: str) -> None:
-    """Wait until every process gets here (nothing without distribution)."""
-    if active():
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
