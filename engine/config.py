@@ -74,6 +74,10 @@ class DataSection:
     val_fraction: float = spec(0.05, "Share of the training split held out for validation.", min=0.0, max=0.9)
     builtin_difficulty: int = spec(2, "Built-in problems: 1 (one step, small numbers) to 5 (five steps).",
                                    min=1, max=5)
+    builtin_min_difficulty: int = spec(0, "Built-in problems: also mix in every easier difficulty from this one up "
+                                       "to `builtin_difficulty`, in equal shares (easy problems beside harder ones "
+                                       "keep a learning signal while the harder ones are still out of reach); 0 = "
+                                       "`builtin_difficulty` only.", min=0, max=5)
     builtin_size: int = spec(2000, "Built-in problems: number of training problems generated.", min=10,
                              max=100000)
     shuffle: bool = spec(True, "Shuffle the training data (deterministic by `run.seed`).")

@@ -505,6 +505,9 @@ def cross_check(p: Profile, source: str, base: Path | None = None) -> list[Probl
         out.append(Problem(source, "model.mesh_axes", "allowed: \"fsdp\" (weights and batch split) and \"tp\" "
                            "(heads and MLP split), each at most once, e.g. [\"fsdp\", \"tp\"]", m.mesh_axes, True))
     d = p.data
+    if d.builtin_min_difficulty > d.builtin_difficulty:
+        out.append(Problem(source, "data.builtin_min_difficulty", f"expected 0 (off) or 1 to data.builtin_difficulty "
+                           f"({d.builtin_difficulty})", d.builtin_min_difficulty, True))
     if d.source == "local":
         if not d.path:
             out.append(Problem(source, "data.path", "data.source \"local\" needs a file or folder", d.path, True))

@@ -46,6 +46,8 @@ CASES = [
      ["exceeds the tiny model's context of 1024 tokens"]),
     ("epsilon_high below epsilon", "[grpo]\nepsilon = 0.2\nepsilon_high = 0.1\n", [], ["grpo.epsilon_high",
                                                                                     ">= grpo.epsilon"]),
+    ("mix above the difficulty", "[data]\nbuiltin_difficulty = 2\nbuiltin_min_difficulty = 3\n", [],
+     ["data.builtin_min_difficulty", "expected 0 (off) or 1 to data.builtin_difficulty (2)"]),
     ("warmup outside run", "[optimizer]\nwarmup_ratio = 1.0\n", [], ["optimizer.warmup_ratio",
                                                                     "warmup must end within the run"]),
     ("weights length", "[rewards]\nfunctions = ['check_answer']\nweights = [1.0, 2.0]\n", [],

@@ -5,6 +5,7 @@ import re
 import pytest
 
 from engine.data import DataSourceError, final_answer, generate_problems, load_data
+from engine.data.builtin import mixed_problems
 
 CALC = re.compile(r"<<(\d+)([-+*/])(\d+)=(-?\d+)>>")
 
@@ -74,3 +75,19 @@ def test_builtin_source_splits():
     # The training problems do not depend on the test size.
     a = load_data("builtin", builtin_size=30, builtin_test_size=7, seed=1, shuffle=False).train
     assert a == load_data("builtin", builtin_size=30, builtin_test_size=2, seed=1, shuffle=False).train
+
+
+def test_a_mix_of_difficulties_interleaves_equal_shares_of_each():
+    mixed = mixed_problems(7, seed=3, difficulty=3, min_difficulty=1)
+    assert [e.id for e in mixed] == [f"builtin-{i}" for i in range(7)]
+    by_level = {level: [e.question for e in generate_problems(3, seed=3, difficulty=level)] for level in (1, 2, 3)}
+    # Rounds of (1, 2, 3): the first difficulty takes the odd one out (3 + 2 + 2).
+    expected = [by_level[1][0], by_level[2][0], by_level[3][0], by_level[1][1], by_level[2][1], by_level[3][1],
+                by_level[1][2]]
+    assert [e.question for e in mixed] == expected
+    assert mixed_problems(5, seed=3, difficulty=2) == generate_problems(5, seed=3, difficulty=2)   # 0: no mix
+    assert mixed_problems(5, seed=3, difficulty=2, min_difficulty=2) == generate_problems(5, seed=3, difficulty=2)
+    splits = load_data("builtin", builtin_size=40, builtin_difficulty=2, builtin_min_difficulty=1, seed=5,
+                       val_fraction=0.0)
+    questions = {e.question for e in splits.train + splits.test}   # 40 + 4: 22 of each difficulty
+    assert questions == {e.question for level in (1, 2) for e in generate_problems(22, seed=5, difficulty=level)}

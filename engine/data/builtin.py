@@ -11,7 +11,8 @@ Difficulty 1-5 sets the number of events (1, 2, 3, 4, 5-6), the size of the star
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import zip_longest
 from typing import Callable
 
 from engine.data.example import Example
@@ -216,3 +217,16 @@ def generate_problems(n: int, *, seed: int, difficulty: int = 2) -> list[Example
         examples.append(Example(question=question, answer_text=solution, answer=str(value),
                                 id=f"builtin-{len(examples)}"))
     return examples
+
+
+def mixed_problems(n: int, *, seed: int, difficulty: int, min_difficulty: int = 0) -> list[Example]:
+    """`n` problems of `difficulty`, or, when 0 < `min_difficulty` < `difficulty`, of every difficulty from
+    `min_difficulty` to `difficulty` in equal shares, interleaved (easiest first in each round); ids
+    "builtin-0" ... "builtin-{n-1}". Each difficulty's problems are those `generate_problems` gives it."""
+    if not 0 < min_difficulty < difficulty:
+        return generate_problems(n, seed=seed, difficulty=difficulty)
+    levels = list(range(min_difficulty, difficulty + 1))
+    shares = [generate_problems(n // len(levels) + (i < n % len(levels)), seed=seed, difficulty=level)
+              for i, level in enumerate(levels)]
+    order = [problem for round_ in zip_longest(*shares) for problem in round_ if problem is not None]
+    return [replace(problem, id=f"builtin-{i}") for i, problem in enumerate(order)]

@@ -115,7 +115,8 @@ def load_splits(p: Profile, *, source: str | None = None, path: str | None = Non
     options: dict[str, Any] = dict(
         path=(path if path is not None else d.path) or None, hf_dataset=d.hf_dataset, hf_config=d.hf_config or None,
         kaggle_handle=d.kaggle_handle or None, question_field=d.question_field, answer_field=d.answer_field,
-        builtin_size=d.builtin_size, builtin_difficulty=d.builtin_difficulty)
+        builtin_size=d.builtin_size, builtin_difficulty=d.builtin_difficulty,
+        builtin_min_difficulty=d.builtin_min_difficulty)
     return load_data(source or d.source, val_fraction=d.val_fraction, train_fraction=p.training.train_fraction,
                      seed=p.run.seed, shuffle=d.shuffle, **options)
 
