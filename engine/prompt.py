@@ -13,8 +13,7 @@ Two built-in templates (`prompt.template`):
 
 * `completion`, for pretrained (base) weights, such as the offline Gemma 3 270M package. A base model continues text;
   in the chat template it repeats the question. So the question is written as the next item of a short worked list
-  (three solved problems of our own in the answer format: one addition, one subtraction, and one of three steps, so
-  that a problem of several steps is answered in several), and the model completes it:
+  (three solved problems of our own, one operation each, in the answer format), and the model completes it:
 
       {instructions}
 
@@ -70,9 +69,8 @@ COMPLETION_TEMPLATE = (
     f"Answer: {REASONING_START}12 + 7 = 19{REASONING_END} {ANSWER_START}19{ANSWER_END}\n\n"
     "Question: Leo has 30 dollars. He spends 8 dollars on lunch. How much money does Leo have now?\n"
     f"Answer: {REASONING_START}30 - 8 = 22{REASONING_END} {ANSWER_START}22{ANSWER_END}\n\n"
-    "Question: Nina has 10 stickers. She buys 3 packs with 4 stickers in each pack. Then she gives 5 stickers to her "
-    "brother. How many stickers does Nina have now?\n"
-    f"Answer: {REASONING_START}3 * 4 = 12. 10 + 12 = 22. 22 - 5 = 17{REASONING_END} {ANSWER_START}17{ANSWER_END}\n\n"
+    "Question: A box holds 6 eggs. How many eggs are in 4 boxes?\n"
+    f"Answer: {REASONING_START}4 * 6 = 24{REASONING_END} {ANSWER_START}24{ANSWER_END}\n\n"
     "Question: {question}\n"
     "Answer:"
 )

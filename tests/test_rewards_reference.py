@@ -150,10 +150,10 @@ def test_copying_the_instructions_earns_no_format_reward():
 def test_copying_a_worked_example_earns_no_format_reward():
     _, template, instructions = resolve_template("completion", source="gguf")
     prompt = build_prompt("Ava has 9 stamps and buys 5 more. How many stamps?", instructions, template)
-    copied = (" <reasoning>Nina has 10 stickers. She buys 3 packs with 4 stickers in each pack. 3 * 4 = 12. "
-              "10 + 12 = 22</reasoning> <answer>22</answer>")
+    copied = (" <reasoning>A box holds 6 eggs. How many eggs are in 4 boxes? 4 * 6 = 24</reasoning> "
+              "<answer>24</answer>")
     assert copied_fraction(prompt, copied) >= 0.75 and is_echo(prompt, copied)
-    assert _scores(prompt, copied, "22") == [0.0, -2.0, 0.0]
+    assert _scores(prompt, copied, "24") == [0.0, -2.0, 0.0]
     own = " <reasoning>Ava has 9 stamps and buys 5 more, so 9 + 5 = 14.</reasoning> <answer>14</answer>"
     assert _scores(prompt, own, "14") == [3.0, 2.0, 3.0]   # restating a few words of the question is fine
 
