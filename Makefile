@@ -18,8 +18,9 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/tunix-tui --profile profiles/quickstart.toml
 
+# Tests run in up to 4 worker processes (pytest-xdist), one per core: many wait on engine processes and terminals.
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --durations=25
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
