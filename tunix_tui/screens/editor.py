@@ -254,9 +254,9 @@ class EditorScreen(Screen):
         self._label_sections()
         path = self.form.path
         dirty = self.form.dirty_keys()
+        # The state first and the folder last, so that a long path is what the line's end cuts off.
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append(f"Profile {path.name if path else '(new)'}", style="bold")
-        t.append(f"  {path}" if path else "", style="dim")
         if path and not path.exists():
             t.append("  not saved yet", style="yellow")
         if dirty:
@@ -266,6 +266,7 @@ class EditorScreen(Screen):
         if not n:  # the memory preflight (tunix_tui/widgets/preflight.py)
             from tunix_tui.widgets.preflight import preflight_text
             t.append_text(preflight_text(self.form))
+        t.append(f"  in {path.parent}{os.sep}" if path else "", style="dim")
         self.query_one("#editor-title", Static).update(t)
         problems = self.query_one("#editor-problems", Static)
         if self.form.file_problems:
