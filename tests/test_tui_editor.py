@@ -202,6 +202,20 @@ async def test_editor_saves_only_the_edited_key(tmp_path: Path):
 
 
 @pytest.mark.anyio
+async def test_a_long_folder_never_hides_whether_the_profile_is_valid(tmp_path: Path):
+    path = tmp_path.joinpath(*["a-rather-long-folder-name"] * 8) / "mine.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text(COMMENTED)
+    app = make_app(tmp_path, path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        ed = await editor(pilot, app)
+        await wait_until(pilot, lambda: "· valid" in screen_text(app))
+        title = next(line for line in screen_text(app).splitlines() if "Profile mine.toml" in line)
+        assert "· valid" in title and title.rstrip().endswith("…")   # the folder is what gets cut
+        assert ed.query_one("#editor-title").size.height == 1
+
+
+@pytest.mark.anyio
 async def test_editor_asks_before_dropping_unknown_keys(tmp_path: Path):
     path = tmp_path / "profiles" / "typo.toml"
     path.parent.mkdir()
