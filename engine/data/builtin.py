@@ -219,13 +219,19 @@ def generate_problems(n: int, *, seed: int, difficulty: int = 2) -> list[Example
     return examples
 
 
+def difficulty_levels(difficulty: int, min_difficulty: int = 0) -> list[int]:
+    """The difficulties a mix draws from: `min_difficulty` .. `difficulty`, or `difficulty` alone when
+    `min_difficulty` is 0 (off) or not below it."""
+    return list(range(min_difficulty, difficulty + 1)) if 0 < min_difficulty < difficulty else [difficulty]
+
+
 def mixed_problems(n: int, *, seed: int, difficulty: int, min_difficulty: int = 0) -> list[Example]:
-    """`n` problems of `difficulty`, or, when 0 < `min_difficulty` < `difficulty`, of every difficulty from
-    `min_difficulty` to `difficulty` in equal shares, interleaved (easiest first in each round); ids
-    "builtin-0" ... "builtin-{n-1}". Each difficulty's problems are those `generate_problems` gives it."""
-    if not 0 < min_difficulty < difficulty:
+    """`n` problems of each of `difficulty_levels(difficulty, min_difficulty)` in equal shares, interleaved (easiest
+    first in each round); ids "builtin-0" ... "builtin-{n-1}". Each difficulty's problems are those
+    `generate_problems` gives it."""
+    levels = difficulty_levels(difficulty, min_difficulty)
+    if len(levels) == 1:
         return generate_problems(n, seed=seed, difficulty=difficulty)
-    levels = list(range(min_difficulty, difficulty + 1))
     shares = [generate_problems(n // len(levels) + (i < n % len(levels)), seed=seed, difficulty=level)
               for i, level in enumerate(levels)]
     order = [problem for round_ in zip_longest(*shares) for problem in round_ if problem is not None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.data.builtin import mixed_problems
+from engine.data.builtin import difficulty_levels, mixed_problems
 from engine.data.example import DataSourceError, rows_to_examples
 from engine.data.hub import read_huggingface, read_kaggle
 from engine.data.local import read_local
@@ -29,8 +29,8 @@ def _from_rows(raw: dict[str, list[dict[str, Any]]], *, question_field: str, ans
 def load_source(source: str, *, path: str | None = None, base_dir: str | Path | None = None,
                 hf_dataset: str = "openai/gsm8k", hf_config: str | None = "main", kaggle_handle: str | None = None,
                 question_field: str = "question", answer_field: str = "answer", builtin_size: int = 1000,
-                builtin_difficulty: int = 2, builtin_min_difficulty: int = 0, builtin_test_size: int | None = None, seed: int = 42,
-                timeout: float = 5.0) -> SourceData:
+                builtin_difficulty: int = 2, builtin_min_difficulty: int = 0, builtin_test_size: int | None = None,
+                seed: int = 42, timeout: float = 5.0) -> SourceData:
     """Read one source ("builtin" | "huggingface" | "kaggle" | "local") into Examples.
 
     The builtin source generates `builtin_size` training problems plus a test split of `builtin_test_size`
@@ -46,10 +46,10 @@ def load_source(source: str, *, path: str | None = None, base_dir: str | Path | 
             raise DataSourceError(f"builtin data: the test size must be >= 0, got {n_test}")
         examples = mixed_problems(builtin_size + n_test, seed=seed, difficulty=builtin_difficulty,
                                   min_difficulty=builtin_min_difficulty)
-        levels = (f"difficulty {builtin_min_difficulty}-{builtin_difficulty}"
-                  if 0 < builtin_min_difficulty < builtin_difficulty else f"difficulty {builtin_difficulty}")
+        levels = difficulty_levels(builtin_difficulty, builtin_min_difficulty)
+        levels_text = f"difficulty {levels[0]}" + (f"-{levels[-1]}" if len(levels) > 1 else "")
         return SourceData(train=examples[:builtin_size], test=examples[builtin_size:], dropped={},
-                          description=f"builtin word problems ({levels}, {builtin_size} train, {n_test} test)")
+                          description=f"builtin word problems ({levels_text}, {builtin_size} train, {n_test} test)")
     if source == "local":
         if not path:
             raise DataSourceError('local data: data.path is empty; set it to a JSONL/CSV/Parquet file or a folder '

@@ -394,9 +394,11 @@ class CompareScreen(Screen):
         charts = list(self.query(CompareChart))
         if len(charts) != len(shown):  # a new layout is being mounted: it draws when it is in
             return
-        if not all(c.ready for c in charts):  # this layout's charts are still composing: look again shortly (a
-            self.set_timer(0.05, self._redraw_charts)   # timer, not call_after_refresh: that would keep the screen
-            return                                      # busy, so it never went idle for as long as they composed)
+        # This layout's charts are still composing: look again shortly. A timer, not call_after_refresh, which would
+        # keep the screen busy, so that it never went idle for as long as they composed.
+        if not all(c.ready for c in charts):
+            self.set_timer(0.05, self._redraw_charts)
+            return
         with self.lock:
             steps = self.zoom
             x0, x1 = C.x_range(self.curves, self.axis, steps)
