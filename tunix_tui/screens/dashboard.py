@@ -121,9 +121,9 @@ class DashboardScreen(Screen):
         self.follower = follower or Follower(self.run_dir, known_pid=known_pid)
         self.mode = ""
         self._state: RunState | None = None
-        self._stop = threading.Event()
+        self.following_ended = threading.Event()
         self._building = False
-        self._force = True
+        self.redraw_everything = True
         self._last_clock = 0.0
         self._notice_drawn = False
         self._last_slow = 0.0
@@ -159,18 +159,18 @@ class DashboardScreen(Screen):
 
     def stop_following(self) -> None:
         """End the following thread (it saves the run's folded history for the next console first)."""
-        self._stop.set()
+        self.following_ended.set()
 
     def _follow(self) -> None:
         """Worker thread: the follower reads while behind and sleeps otherwise, until the screen goes."""
-        self.follower.run(self._stop, lambda: self.app.poll_interval)
+        self.follower.run(self.following_ended, lambda: self.app.poll_interval)
 
     @staticmethod
     def _mode_for(width: int, height: int) -> str:
         return "wide" if width >= WIDE_MIN[0] and height >= WIDE_MIN[1] else "narrow"
 
     def on_resize(self, event: events.Resize) -> None:
-        self._force = True
+        self.redraw_everything = True
         if self._mode_for(event.size.width, event.size.height) != self.mode and not self._building:
             self.run_worker(self._relayout, exclusive=True, group="layout")
 
@@ -187,7 +187,7 @@ class DashboardScreen(Screen):
             await body.remove_children()
             self.mode = mode
             await body.mount(WideBody() if mode == "wide" else NarrowBody())
-            self._force = True
+            self.redraw_everything = True
         finally:
             self._building = False
         size = self.app.size
@@ -218,7 +218,7 @@ class DashboardScreen(Screen):
 
     def redraw_all(self, _theme: object = None) -> None:
         """Draw every part again (colours are resolved when drawing, so a new theme needs it)."""
-        self._force = True
+        self.redraw_everything = True
         self.redraw()
 
     def redraw(self) -> None:
@@ -231,11 +231,11 @@ class DashboardScreen(Screen):
             state = f.state
             if state is not self._state:
                 self._state = state
-                self._force = True
+                self.redraw_everything = True
             dirty = state.take_dirty()
-            if self._force:
+            if self.redraw_everything:
                 dirty |= set(PARTS)
-                self._force = False
+                self.redraw_everything = False
                 self._last_slow = 0.0
             tick = time.monotonic()
             if dirty & SLOW_PARTS and tick - self._last_slow < self.app.redraw_interval * 2:
@@ -263,11 +263,11 @@ class DashboardScreen(Screen):
                     if "control" in dirty:
                         self.refresh_bindings()
             except NoMatches:  # the layout is being rebuilt: draw everything next time
-                self._force = True
+                self.redraw_everything = True
                 return
             except Exception as exc:  # noqa: BLE001 - a drawing problem is shown, not fatal
                 state.last_problem = f"drawing failed: {exc!r}"
-                self._force = True
+                self.redraw_everything = True
                 self.log.error(f"redraw failed: {exc!r}")
                 return
             if not state.dirty:

@@ -35,7 +35,7 @@ class PaneScreen(Screen):
         self.follower = dashboard.follower  # panes read their lock from their screen's follower
         self.pane = pane
         self._drawn = -1
-        self._force = True
+        self.redraw_everything = True
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="pane-header")
@@ -49,7 +49,7 @@ class PaneScreen(Screen):
 
     def redraw_all(self, _theme: object = None) -> None:
         """Draw everything again (colours are resolved when drawing, so a new theme needs it)."""
-        self._force = True
+        self.redraw_everything = True
         self.redraw()
 
     def redraw(self) -> None:
@@ -57,9 +57,9 @@ class PaneScreen(Screen):
         f = self.follower
         with f.lock:
             state = f.state
-            if state.version == self._drawn and not self._force:
+            if state.version == self._drawn and not self.redraw_everything:
                 return
-            self._drawn, self._force = state.version, False
+            self._drawn, self.redraw_everything = state.version, False
             now = self.app.clock()
             self.query_one(RunHeader).update_from(state, now)
             self.pane.update_from(state, now)
