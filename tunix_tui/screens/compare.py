@@ -170,7 +170,7 @@ class CompareScreen(Screen):
         self.cache_dir = C.default_dir() if cache_dir == "user" else cache_dir
         self.follow_every = follow_every
         self.curves: list[C.RunCurves] = []
-        self.lock = threading.RLock()
+        self.charts_lock = threading.RLock()
         self.axis = "step"
         self.alpha = 0.0
         self.log_y = False
@@ -232,7 +232,7 @@ class CompareScreen(Screen):
         self.app.call_from_thread(self._loaded, got, live, False)
 
     def _loaded(self, curves: list[C.RunCurves], live: list[bool], partial: bool = False) -> None:
-        with self.lock:
+        with self.charts_lock:
             self.curves = curves
         self._live = live
         self.partial = partial
@@ -260,7 +260,7 @@ class CompareScreen(Screen):
                 for i, c in enumerate(self.curves):
                     if self._live[i]:
                         alive = engine_alive(c.path)  # checked first: what a finished engine wrote last is read
-                        with self.lock:
+                        with self.charts_lock:
                             changed = c.update() or changed
                         self._live[i] = alive
             finally:
@@ -399,7 +399,7 @@ class CompareScreen(Screen):
         if not all(c.ready for c in charts):
             self.set_timer(0.05, self._redraw_charts)
             return
-        with self.lock:
+        with self.charts_lock:
             steps = self.zoom
             x0, x1 = C.x_range(self.curves, self.axis, steps)
             for chart, key in zip(charts, shown):
@@ -433,7 +433,7 @@ class CompareScreen(Screen):
             return out
         fmt = (lambda v: axis_num(10 ** v)) if log_y else ((lambda v: f"{100 * v:.0f}%") if key.startswith("eval:")
                                                              else axis_num)
-        box.query_one(Chart).set_source(source, lock=self.lock, fmt=fmt,
+        box.query_one(Chart).set_source(source, lock=self.charts_lock, fmt=fmt,
                                         empty_text="no values in this range" if self.loaded else "loading…")
         width = max(AXIS_WIDTH + 10, box.size.width or 40)
         left, right = axis_text(self.axis, x0), axis_text(self.axis, x1)
