@@ -27,6 +27,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
+from orjson import loads as _fast_loads
+
 SCHEMA_VERSION = 1
 
 # Event types and the payload keys each carries (besides v, seq, t, type).
@@ -201,11 +203,37 @@ def atomic_write(path: Path, text: str) -> None:
 # events
 
 
+# How a line is laid out, for readers that skim lines without parsing them (the console attaching to a long run):
+# each starts with the header `{"v":1,"seq":N,"t":T,"type":"NAME"` (make_event's key order, kept by EventWriter), so
+# the type name follows TYPE_MARK within HEADER_BYTES of the line's start; a step event (engine.train.loop) has its
+# `metrics` object and then its `memory` list, joined by STEP_MEMORY_MARK. A line laid out otherwise is still an
+# event: readers parse it in full (`parse_event`). tests/test_protocol.py holds the writer to this.
+TYPE_MARK = b'"type":"'
+HEADER_BYTES = 160
+STEP_METRICS_MARK = b'"metrics":{'
+STEP_MEMORY_MARK = b'},"memory":'
+
+
 def make_event(type_: str, seq: int, **payload: Any) -> dict[str, Any]:
     """An event dict with the common header."""
     if type_ not in EVENT_TYPES:
         raise ValueError(f"unknown event type {type_!r}; known: {', '.join(EVENT_TYPES)}")
     return {"v": SCHEMA_VERSION, "seq": seq, "t": time.time(), "type": type_, **payload}
+
+
+def parse_event(raw: bytes) -> dict[str, Any] | None:
+    """One line of an event stream (without its newline) as an event: a JSON object with a string `type` and a
+    `seq`; None for anything else (a torn line, garbage). The one line parser of every reader, engine and console."""
+    try:
+        ev = _fast_loads(raw)
+    except ValueError:   # what orjson refuses (NaN literals, huge integers) the standard parser may still read
+        try:
+            ev = json.loads(raw)
+        except (ValueError, RecursionError):
+            return None
+    if not isinstance(ev, dict) or not isinstance(ev.get("type"), str) or "seq" not in ev:
+        return None
+    return ev
 
 
 def _json_default(obj: Any) -> Any:
@@ -246,11 +274,10 @@ class EventWriter:
             except OSError:  # a full disk: `emit` starts the next event on a fresh line anyway
                 pass
         for line in reversed(tail.splitlines()):
-            try:
-                last_seq = int(json.loads(line)["seq"])
+            ev = parse_event(line)
+            if ev is not None and isinstance(ev["seq"], int):
+                last_seq = ev["seq"]
                 break
-            except (ValueError, KeyError, TypeError):
-                continue
         return last_seq + 1
 
     def emit(self, type_: str, **payload: Any) -> dict[str, Any]:
@@ -342,16 +369,10 @@ class EventReader:
     def _parse(self, raw: bytes) -> dict[str, Any] | None:
         if not raw.strip():
             return None
-        try:
-            ev = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            self.skipped += 1
-            self.last_problem = f"not JSON: {raw[:80]!r}"
-            return None
-        if not isinstance(ev, dict) or not isinstance(ev.get("type"), str) or "seq" not in ev:
+        ev = parse_event(raw)
+        if ev is None:
             self.skipped += 1
             self.last_problem = f"not an event: {raw[:80]!r}"
-            return None
         return ev
 
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.protocol import (EventReader, EventWriter, RunPaths, create_run_dir, engine_alive, list_runs,
-                             make_event, new_run_id, process_running, read_events, send_command, summarize_run,
-                             take_commands, write_engine_info)
+from engine.protocol import (EVENT_TYPES, HEADER_BYTES, TYPE_MARK, EventReader, EventWriter, RunPaths, create_run_dir,
+                             engine_alive, list_runs, make_event, new_run_id, parse_event, process_running,
+                             read_events, send_command, summarize_run, take_commands, write_engine_info)
 
 
 def event_line(seq: int, payload: str) -> bytes:
@@ -171,3 +171,25 @@ def test_summary_of_a_long_stream_reads_only_head_and_tail(tmp_path: Path):
     assert (s.status, s.step, s.reward) == ("finished", 5000, 1.0)
     assert s.started is not None
     assert len(read_events(paths.events)) == 5002
+
+
+def test_every_event_type_is_written_with_its_type_where_readers_skim_for_it(tmp_path: Path):
+    with EventWriter(tmp_path / "events.jsonl") as writer:
+        writer.seq = 10 ** 15   # a long stream's sequence numbers
+        for type_ in EVENT_TYPES:
+            writer.emit(type_, step=12345678, detail="x" * 500)
+    lines = (tmp_path / "events.jsonl").read_bytes().splitlines()
+    assert len(lines) == len(EVENT_TYPES)
+    for type_, line in zip(EVENT_TYPES, lines):
+        i = line.find(TYPE_MARK)
+        assert 0 < i and line[i + len(TYPE_MARK):].startswith(type_.encode() + b'"')
+        assert i + len(TYPE_MARK) + len(type_) < HEADER_BYTES, line[:HEADER_BYTES]
+        assert parse_event(line)["type"] == type_
+
+
+def test_the_one_line_parser_takes_events_only():
+    assert parse_event(b'{"v":1,"seq":3,"t":1.5,"type":"step","loss":NaN}')["seq"] == 3   # NaN: orjson refuses
+    assert parse_event(b'{"type":"step","seq":1,"v":1}')["type"] == "step"              # any key order
+    for raw in (b"", b"{", b"[1, 2]", b'{"seq": 1}', b'{"type": 5, "seq": 1}', b'{"type":"step"}',
+                b"\x00\xffnot an event", b"[" * 100000):
+        assert parse_event(raw) is None, raw

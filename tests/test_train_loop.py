@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.launch import prepare_run
-from engine.protocol import STEP_METRICS, read_events
+from engine.protocol import HEADER_BYTES, STEP_MEMORY_MARK, STEP_METRICS, STEP_METRICS_MARK, TYPE_MARK, read_events
 from engine.train.checkpoints import CheckpointStore
 from engine.train.loop import Trainer
 from engine.train.setup import COMPILE_CACHE_ENV
@@ -40,6 +40,13 @@ def test_event_stream_of_a_short_run(tmp_path):
 
     steps = [e for e in events if e["type"] == "step"]
     assert [e["step"] for e in steps] == [1, 2, 3] and all(e["total_steps"] == 3 for e in steps)
+    # every line laid out as the console skims it (engine.protocol's marks): the type in the header, a step's
+    # metrics object then its memory list
+    lines = paths.events.read_bytes().splitlines()
+    assert all(0 <= line.find(TYPE_MARK) < HEADER_BYTES - 20 for line in lines)
+    step_lines = [line for line in lines if TYPE_MARK + b'step"' in line[:HEADER_BYTES]]
+    assert len(step_lines) == 3
+    assert all(0 < line.find(STEP_METRICS_MARK) < line.rfind(STEP_MEMORY_MARK) for line in step_lines)
     for ev in steps:
         missing = [k for k in STEP_METRICS if k not in ev["metrics"]]
         assert not missing, missing

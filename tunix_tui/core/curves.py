@@ -25,18 +25,19 @@ from operator import itemgetter, lt, methodcaller, mul
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from engine.protocol import RunPaths
+from orjson import loads as _loads
+
+from engine.protocol import STEP_MEMORY_MARK, STEP_METRICS_MARK, TYPE_MARK, RunPaths, parse_event
 
 from tunix_tui.core.foldcache import cache_file, stream_fingerprint
-from tunix_tui.core.runstate import _fast_loads, _parse_line
 
 # the step metrics compared (names, and prefixes ending in "/")
 CURVE_METRICS = ("reward_mean", "reward/", "kl", "loss", "entropy", "completion_length_mean")
 EVAL_METRICS = ("eval:accuracy", "eval:format_accuracy")
 AXES = ("step", "time", "tokens")
 AXIS_LABEL = {"step": "step", "time": "wall time", "tokens": "tokens generated"}
-_STEP_MARK = b'"type":"step"'
-_EVAL_MARK = b'"type":"eval"'
+_STEP_MARK = TYPE_MARK + b'step"'
+_EVAL_MARK = TYPE_MARK + b'eval"'
 _CHUNK = 4 << 20  # bytes read at a time (what parsing a block holds stays small)
 
 
@@ -124,7 +125,7 @@ class RunCurves:
         if self.sampled:  # a preview is replaced by the whole run, never read on
             return False
         if size < self.offset:  # replaced: start again
-            self.__init__(self.path)  # type: ignore[misc]
+            self.__init__(self.path)
         if size == self.offset:
             return False
         added = False
@@ -147,7 +148,7 @@ class RunCurves:
     def _fold(self, data: bytes) -> bool:
         added = self._add_steps(*_step_rows(_lines_with(data, _STEP_MARK)))
         for raw in _lines_with(data, _EVAL_MARK):
-            ev = _parse_line(raw)
+            ev = parse_event(raw)
             if ev is None or ev.get("type") != "eval":
                 self.skipped += 1
                 continue
@@ -279,16 +280,16 @@ def _step_rows(lines: list[bytes]) -> tuple[list[float], list[Any], list[dict[st
     evs: list[Any] = [None] * len(lines)
     fast, heads, bodies = [], [], []
     for k, raw in enumerate(lines):
-        i = raw.find(b'"metrics":{')
-        j = raw.rfind(b'},"memory":')
-        if _fast_loads is not None and 0 < i < j and raw[i - 1:i] == b",":
+        i = raw.find(STEP_METRICS_MARK)
+        j = raw.rfind(STEP_MEMORY_MARK)
+        if 0 < i < j and raw[i - 1:i] == b",":
             fast.append(k)
             heads.append(raw[:i - 1] + b"}")
-            bodies.append(raw[i + 10:j + 1])
+            bodies.append(raw[i + len(STEP_METRICS_MARK) - 1:j + 1])
     if fast:
         try:
-            parsed = _fast_loads(b"[" + b",".join(heads) + b"]")  # type: ignore[misc]
-            metrics = _fast_loads(b"[" + b",".join(bodies) + b"]")  # type: ignore[misc]
+            parsed = _loads(b"[" + b",".join(heads) + b"]")
+            metrics = _loads(b"[" + b",".join(bodies) + b"]")
         except ValueError:
             fast = []
         else:
@@ -299,7 +300,7 @@ def _step_rows(lines: list[bytes]) -> tuple[list[float], list[Any], list[dict[st
     done = set(fast)
     for k, raw in enumerate(lines):
         if k not in done:
-            evs[k] = _parse_line(raw)
+            evs[k] = parse_event(raw)
     steps, times, rows, bad = [], [], [], 0
     for ev in evs:
         step = _number(ev.get("step")) if isinstance(ev, dict) and ev.get("type") == "step" else None

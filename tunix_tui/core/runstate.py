@@ -10,7 +10,6 @@ run directory.
 
 from __future__ import annotations
 
-import json
 from array import array
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -18,7 +17,9 @@ from pathlib import Path
 from operator import itemgetter, methodcaller
 from typing import Any, Callable, Sequence
 
-from engine.protocol import FINAL_STATUSES
+from orjson import loads as _loads
+
+from engine.protocol import FINAL_STATUSES, HEADER_BYTES, TYPE_MARK, parse_event
 
 from tunix_tui.core.history import StepHistory
 from tunix_tui.core.reader import line_step, read_line_at
@@ -56,35 +57,6 @@ class Pending:
     id: str
     command: str
     sent: float
-
-
-_scan = json.JSONDecoder().scan_once
-try:  # optional: parses event lines about 5x faster, which is what attaching to a long run spends its time on
-    from orjson import loads as _fast_loads
-except ImportError:  # pragma: no cover - the standard library does the same, slower
-    _fast_loads = None
-
-
-def _slow_loads(raw: bytes) -> Any:
-    text = raw.decode("utf-8")
-    ev, end = _scan(text, 0)
-    if end != len(text) and text[end:].strip():
-        raise ValueError("trailing data")
-    return ev
-
-
-def _parse_line(raw: bytes) -> dict[str, Any] | None:
-    """One event line as a dict, or None when it is not a JSON object with a type and a sequence number."""
-    try:
-        ev = _fast_loads(raw) if _fast_loads is not None else _slow_loads(raw)
-    except (ValueError, UnicodeDecodeError, StopIteration, RecursionError):
-        try:  # what the fast parser refuses (NaN literals, huge integers) the standard one may still read
-            ev = _slow_loads(raw) if _fast_loads is not None else None
-        except (ValueError, UnicodeDecodeError, StopIteration, RecursionError):
-            return None
-    if not isinstance(ev, dict) or not isinstance(ev.get("type"), str) or "seq" not in ev:
-        return None
-    return ev
 
 
 def _num(value: Any) -> float | None:
@@ -221,7 +193,7 @@ class SampleStore:
         raw = self._raw.get(offset)
         if raw is None:
             raw = read_line_at(self.path, offset)
-        ev = _parse_line(raw) if raw is not None else None
+        ev = parse_event(raw) if raw is not None else None
         if not isinstance(ev, dict) or ev.get("type") != "sample":
             return None
         self._remember(offset, ev)
@@ -412,7 +384,7 @@ class RunState:
         """The text being generated now, when newer than the latest sample group."""
         if self._partial_raw is not None:
             try:
-                self.partial = _parse_line(self._partial_raw)
+                self.partial = parse_event(self._partial_raw)
             except (ValueError, UnicodeDecodeError):
                 self.partial = None
             self._partial_raw = None
@@ -440,7 +412,8 @@ class RunState:
         if begin >= end:
             return
         find, startswith = data.find, data.startswith
-        parse = _parse_line
+        parse = parse_event
+        mark, mark_end = TYPE_MARK, len(TYPE_MARK)
         samples = self.samples
         sample_offsets, sample_steps = samples.offsets, samples.steps
         samples_before = len(sample_offsets)
@@ -456,8 +429,8 @@ class RunState:
             nl = find(b"\n", pos, end)
             if nl < 0:
                 nl = end
-            i = find(b'"type":"', pos, pos + 160) + 8  # the header's type (7 when absent)
-            if 7 < i < nl:
+            i = find(mark, pos, pos + HEADER_BYTES) + mark_end  # the header's type (mark_end - 1 when absent)
+            if mark_end <= i < nl:
                 if startswith(b'status","status":"running"', i):
                     if running:
                         deferred = (pos, nl)
@@ -568,13 +541,13 @@ class RunState:
     def _fold_step_lines(self, raws: list[bytes], offsets: list[int]) -> bool:
         """Fold consecutive step lines in one go (one line at a time if any is not a well-formed step event);
         True when one of them turned out to be a status event."""
-        loads = _fast_loads or _slow_loads
+        loads = _loads
         try:
             evs = list(map(loads, raws))
             clean = set(map(type, evs)) == _DICT and list(map(_get_type, evs)).count("step") == len(evs)
             if clean:
                 list(map(_get_seq, evs))  # each has a sequence number (KeyError if not)
-        except (ValueError, UnicodeDecodeError, StopIteration, RecursionError, KeyError):
+        except (ValueError, RecursionError, KeyError):
             clean = False
         if clean:
             try:
@@ -591,7 +564,7 @@ class RunState:
                 return False
         status = False
         for raw, offset in zip(raws, offsets):
-            status = self._fold_parsed(_parse_line(raw), raw, offset) == "status" or status
+            status = self._fold_parsed(parse_event(raw), raw, offset) == "status" or status
         return status
 
     def fold_event(self, ev: dict[str, Any], offset: int | None = None) -> None:
