@@ -324,56 +324,117 @@ def sanitize(value: Any) -> Any:
 
 
 @dataclass
-class EventReader:
-    """Follows an event stream from a byte offset.
+class Chunk:
+    """Complete lines read in one go: `data[:length]`, which starts at file offset `start` and ends with a
+    newline (nothing when `length` is 0)."""
+    data: bytes
+    length: int
+    start: int
+    size: int  # file size seen
+    reset: bool = False  # the file shrank or was replaced: everything before is void
 
-    `poll()` returns the complete new events. A partial last line stays unread until its newline arrives; a line
-    that is not a valid event is skipped and counted in `skipped` (the last reason in `last_problem`).
-    """
+    @property
+    def end(self) -> int:
+        """File offset after the last complete line."""
+        return self.start + self.length
+
+    @property
+    def lines(self) -> list[bytes]:
+        """The lines, without their newlines (a copy; the run state scans `data` instead)."""
+        return self.data[:self.length - 1].split(b"\n") if self.length else []
+
+
+@dataclass
+class LineReader:
+    """Follows a file from a byte offset; a partial last line waits for its newline (and is read again then)."""
+    path: Path
+    offset: int = 0  # end of the bytes read so far (a partial last line included)
+    missing: bool = False
+    problem: str = ""
+    inode: int | None = None  # of the file read so far (another one means it was replaced: read from its start)
+    _position: int | None = field(default=None, repr=False)
+
+    @property
+    def position(self) -> int:
+        """File offset of the first byte not yet returned as part of a complete line."""
+        return self.offset if self._position is None else self._position
+
+    def size(self) -> int | None:
+        """Current size of the file, or None when it is gone."""
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return None
+
+    def read(self, max_bytes: int | None = 8 << 20) -> Chunk:
+        """The complete lines from the current position, up to about `max_bytes` (more when a single line is
+        longer; None: all there are)."""
+        reset = False
+        start = self.position
+        try:
+            with open(self.path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                if st.st_size < self.offset or (self.inode is not None and st.st_ino != self.inode):
+                    start, reset = 0, True
+                self.inode = st.st_ino
+                fh.seek(start)
+                data = fh.read() if max_bytes is None else fh.read(max_bytes)
+                cut = data.rfind(b"\n")
+                while max_bytes is not None and cut < 0 and len(data) >= max_bytes:  # a line longer than a block:
+                    more = fh.read(max_bytes)   # read on to its end
+                    if not more:
+                        break
+                    data += more
+                    cut = more.rfind(b"\n")
+                    if cut >= 0:
+                        cut += len(data) - len(more)
+        except FileNotFoundError:
+            self.missing, self.problem = True, "the event file is gone"
+            return Chunk(b"", 0, self.position, 0)
+        except OSError as exc:
+            self.missing, self.problem = True, f"cannot read the event file: {exc}"
+            return Chunk(b"", 0, self.position, 0)
+        self.missing = False
+        length = cut + 1
+        self._position = start + length
+        self.offset = start + len(data)
+        return Chunk(data, length, start, st.st_size, reset)
+
+
+@dataclass
+class EventReader:
+    """Follows an event stream from a byte offset: `poll()` returns the complete new events (`parse_event`).
+
+    Built on `LineReader`: a partial last line stays unread until its newline arrives; a file replaced or cut
+    shorter is read again from its start; a line that is not an event is skipped and counted in `skipped` (the last
+    one in `last_problem`)."""
     path: Path
     offset: int = 0
     skipped: int = 0
     last_problem: str = ""
-    missing: bool = False
-    _buffer: bytes = field(default=b"", repr=False)
+    _lines: LineReader | None = field(default=None, repr=False)
+
+    @property
+    def missing(self) -> bool:
+        """Whether the stream could not be read at the last poll (not there yet, or gone)."""
+        return self._lines is not None and self._lines.missing
 
     def poll(self, max_bytes: int | None = 64 << 20) -> list[dict[str, Any]]:
-        try:
-            with open(self.path, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                if size < self.offset:  # the file was replaced or truncated: start again
-                    self.offset, self._buffer = 0, b""
-                fh.seek(self.offset)
-                chunk = fh.read() if max_bytes is None else fh.read(max_bytes)
-        except FileNotFoundError:
-            self.missing = True
-            return []
-        except OSError as exc:
-            self.missing = True
-            self.last_problem = str(exc)
-            return []
-        self.missing = False
-        if not chunk:
-            return []
-        self.offset += len(chunk)
-        data = self._buffer + chunk
-        lines = data.split(b"\n")
-        self._buffer = lines.pop()  # b"" when data ended with a newline
+        if self._lines is None:
+            self._lines = LineReader(Path(self.path), self.offset)
+        chunk = self._lines.read(max_bytes)
+        self.offset = self._lines.position
         events = []
-        for raw in lines:
-            ev = self._parse(raw)
-            if ev is not None:
+        for raw in chunk.lines:
+            if not raw.strip():
+                continue
+            ev = parse_event(raw)
+            if ev is None:
+                self.skipped += 1
+                self.last_problem = f"not an event: {raw[:80]!r}"
+            else:
                 events.append(ev)
         return events
-
-    def _parse(self, raw: bytes) -> dict[str, Any] | None:
-        if not raw.strip():
-            return None
-        ev = parse_event(raw)
-        if ev is None:
-            self.skipped += 1
-            self.last_problem = f"not an event: {raw[:80]!r}"
-        return ev
 
 
 def read_events(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -596,14 +657,13 @@ def summarize_run(run_dir: str | os.PathLike, tail_bytes: int = 1 << 20) -> RunS
         except OSError as exc:  # another user's run, say
             s.status, s.error = "unreadable", f"cannot read its events: {exc.strerror or exc}"
             return s
-        reader = EventReader(paths.events)
-        first = reader._parse(head.rstrip(b"\n"))
+        first = parse_event(head.rstrip(b"\n"))
         if first:
             events.append(first)
         lines = tail.split(b"\n")
         if size > tail_bytes:
             lines = lines[1:]  # the first line of the tail may be cut
-        events.extend(e for e in (reader._parse(x) for x in lines) if e)
+        events.extend(e for e in map(parse_event, lines) if e)
     for ev in events:
         typ = ev.get("type")
         if typ == "run_started":

@@ -14,13 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.profile_io import ProfileError, load_profile, parse_text
-from engine.protocol import send_command
+from engine.protocol import LineReader, send_command
 from fake_engine import FakeEngine, write_history
 from tunix_tui.core.catalog import RunCatalog, delete_run, find_profiles, header_comment
 from tunix_tui.core.follower import Follower
 from tunix_tui.core.form import ProfileForm, parse_text as parse_field
 from tunix_tui.core.history import StepHistory, regroup
-from tunix_tui.core.reader import LineReader, line_step
+from tunix_tui.core.reader import line_step
 from tunix_tui.core.runstate import RunState
 from tunix_tui.core.text import hms, size, tag_segments
 

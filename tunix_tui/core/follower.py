@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 from typing import Callable, Literal
 
-from engine.protocol import RunPaths, engine_alive, process_running, read_engine_info
+from engine.protocol import LineReader, RunPaths, engine_alive, process_running, read_engine_info
 
 from tunix_tui.core import foldcache, foldjob
-from tunix_tui.core.reader import LineReader
 from tunix_tui.core.runstate import RunState
 from tunix_tui.core.text import printable
 
