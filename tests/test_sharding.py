@@ -14,7 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 # Runs in a fresh interpreter with 8 host devices: the tiny model with non-zero adapters, its logits and the
-# adapters' gradient of a loss on them, on one device and on each mesh; the placements on the (4, 2) mesh.
+# adapters' gradient of a loss on them, and the adapters after 3 AdamW steps on that loss, on one device and on each
+# mesh; the placements on the (4, 2) mesh.
 SCRIPT = r"""
 import json, sys
 import jax, jax.numpy as jnp, numpy as np, optax
@@ -48,8 +49,16 @@ def figures(model, put):
         logits = m.logits(hidden)
         logp = jax.nn.log_softmax(logits, axis=-1)
         return -jnp.mean(jnp.take_along_axis(logp[:, :-1], toks[:, 1:, None], axis=-1)), logits
-    (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(lora, rest, toks, ok)
-    return float(value), np.asarray(logits), [np.asarray(g) for g in jax.tree.leaves(grads)], toks
+    step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    (value, logits), grads = step(lora, rest, toks, ok)
+    opt = optax.adamw(1e-2)   # three training steps: AdamW on the adapters, state placed as they are
+    trained, opt_state = lora, opt.init(lora)
+    for _ in range(3):
+        _, g = step(trained, rest, toks, ok)
+        updates, opt_state = opt.update(g, opt_state, trained)
+        trained = optax.apply_updates(trained, updates)
+    return (float(value), np.asarray(logits), [np.asarray(g) for g in jax.tree.leaves(grads)], toks,
+            [np.asarray(x) for x in jax.tree.leaves(trained)])
 
 from engine.sampler import Sampler
 from engine.model.gemma3 import init_cache
@@ -60,18 +69,21 @@ def greedy(model):
     return out.tokens.tolist(), out.logprobs
 
 one_model = build()
-one_value, one_logits, one_grads, _ = figures(one_model, lambda x: x)
+one_value, one_logits, one_grads, _, one_trained = figures(one_model, lambda x: x)
+start = [np.asarray(x) for x in jax.tree.leaves(nnx.state(build(), nnx.LoRAParam))]
 one_tokens, one_lp = greedy(one_model)
-out = {"devices": len(jax.devices()), "meshes": {}}
+out = {"devices": len(jax.devices()), "meshes": {},
+       "moved": max(float(np.max(np.abs(a - b))) for a, b in zip(one_trained, start))}
 for shape in ([1, 1], [8, 1], [4, 2], [2, 4]):
     mesh = sharding.make_mesh(shape, ["fsdp", "tp"])   # [1, 1]: the first device of the 8
     model = build()
     sharding.shard_model(model, mesh)
-    value, logits, grads, toks = figures(model, lambda x: sharding.put_batch(x, mesh))
+    value, logits, grads, toks, trained = figures(model, lambda x: sharding.put_batch(x, mesh))
     rel = lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-30))
     out["meshes"][str(shape)] = {
         "loss": abs(value - one_value) / abs(one_value), "logits": rel(logits, one_logits),
-        "grads": max(rel(g, o) for g, o in zip(grads, one_grads)), "describe": sharding.describe(mesh)}
+        "grads": max(rel(g, o) for g, o in zip(grads, one_grads)), "describe": sharding.describe(mesh),
+        "adapters": max(float(np.max(np.abs(a - b))) for a, b in zip(trained, one_trained))}
     tokens_, lp = greedy(model)
     out["meshes"][str(shape)].update(same_tokens=tokens_ == one_tokens, sample_logprobs=rel(lp, one_lp))
     if shape == [4, 2]:
@@ -112,6 +124,8 @@ def test_every_mesh_gives_the_one_device_figures(on_eight_devices: dict):
     for shape, fig in on_eight_devices["meshes"].items():
         assert fig["loss"] <= 1e-5 and fig["logits"] <= 1e-5 and fig["grads"] <= 1e-5, (shape, fig)
         assert fig["same_tokens"] and fig["sample_logprobs"] <= 1e-5, (shape, fig)   # greedy generations
+        assert fig["adapters"] <= 1e-5, (shape, fig)                                  # after 3 training steps
+    assert on_eight_devices["moved"] > 1e-2   # the steps moved the adapters: 1e-5 is a fine tolerance
     assert on_eight_devices["meshes"]["[4, 2]"]["describe"] == "mesh fsdp=4 x tp=2 over 8 cpu devices"
 
 
