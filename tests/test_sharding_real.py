@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.real_weights]
 
 SCRIPT = r"""
 import json, types
-import jax, jax.numpy as jnp, numpy as np
+import jax, jax.numpy as jnp, numpy as np, optax
 from flax import nnx
 from engine.config import REFERENCE_LORA_TARGETS
 from engine.model.load import load_model_and_tokenizer
@@ -78,14 +78,21 @@ def figures(model, mesh, generated=None):
     lora = nnx.state(model, nnx.LoRAParam)
     put = (lambda x: x) if mesh is None else (lambda x: sharding.put_batch(x, mesh))
     logp = phases.logprobs(lora, batch)
-    example = TrainExample(*batch.arrays(), advantages, ref_logp=phases.reference_logprobs(batch))
-    grads, metrics = jax.jit(jax.grad(grpo_objective, has_aux=True), static_argnames="spec")(
-        lora, phases.base, jax.tree.map(put, example), phases.spec)
+    example = jax.tree.map(put, TrainExample(*batch.arrays(), advantages, ref_logp=phases.reference_logprobs(batch)))
+    gradient = jax.jit(jax.grad(grpo_objective, has_aux=True), static_argnames="spec")
+    grads, metrics = gradient(lora, phases.base, example, phases.spec)
     opt_state = optimizer.init(lora)
     if mesh is not None:
         opt_state = jax.device_put(opt_state, sharding.state_shardings(opt_state, mesh))
-    for _ in range(3):   # three training steps
-        lora, opt_state, _ = phases.update(lora, opt_state, example)
+    @jax.jit
+    def apply(g, opt_state, lora):   # jitted: eager collectives over 8 CPU devices can miss their rendezvous
+        updates, opt_state = optimizer.update(g, opt_state, lora)
+        return optax.apply_updates(lora, updates), opt_state
+    g = grads
+    for i in range(3):   # three training steps: the engine's objective and optimizer (as `update` applies them)
+        lora, opt_state = apply(g, opt_state, lora)
+        if i < 2:
+            g, _ = gradient(lora, phases.base, example, phases.spec)
     return (float(metrics["loss"]), logp, [np.asarray(g) for g in jax.tree.leaves(grads)],
             (np.asarray(generate(model).tokens) if generated is None else generated).tolist(), flatten_named(lora),
             float(metrics["kl"]))
