@@ -176,6 +176,15 @@ def test_export_command_on_a_tiny_run(tmp_path, monkeypatch):
     _, model, _, step = load_run_model(paths.root, None)
     assert step == 1
     want = logits(model)
+    # as if trained on 8 devices and exported on this one: the model goes on the devices there are, same adapters
+    frozen = paths.root / "profile.toml"
+    eight = re.sub(r"mesh_shape\s*=\s*\[[^\]]*\]", "mesh_shape = [8, 1]", frozen.read_text())
+    assert "mesh_shape = [8, 1]" in eight
+    frozen.write_text(eight)
+    said: list[str] = []
+    _, moved, _, _ = load_run_model(paths.root, None, on_progress=said.append)
+    np.testing.assert_array_equal(logits(moved), want)
+    assert any("needs 8 devices; this machine has 1" in line for line in said), said
 
     merged = tmp_path / "merged"
     done = subprocess.run([sys.executable, "-m", "tunix_tui.cli", "export", str(paths.root), "--format", "merged",

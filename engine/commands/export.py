@@ -49,29 +49,11 @@ def _err(message: str) -> None:
 
 
 def load_run_model(run: Path, step: int | None, on_progress: Any = None) -> tuple[Any, Any, Any, int]:
-    """(profile, model with the checkpoint's adapters, tokenizer, step) of a run."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
+    """(profile, model with the checkpoint's adapters, tokenizer, step) of a run (`Policy.from_run`)."""
+    from engine.train.setup import Policy
 
-    from engine.model.load import load_model_and_tokenizer
-    from engine.model.lora import apply_lora, lora_state
-    from engine.profile_io import load_profile
-    from engine.train.checkpoints import CheckpointStore
-
-    profile = load_profile(run / "profile.toml")
-    store = CheckpointStore(run / "checkpoints", read_only=True)
-    try:
-        if not store.steps():
-            raise FileNotFoundError(f"run {run.name} has no checkpoint yet")
-        model, tokenizer = load_model_and_tokenizer(profile.model, on_progress=on_progress, seed=profile.run.seed)
-        m = profile.model
-        apply_lora(model, m.lora_rank, m.lora_alpha, m.lora_module_path, rngs=nnx.Rngs(profile.run.seed + 1))
-        used, lora, _ = store.restore_lora(step, lora_state(model))
-        nnx.update(model, jax.tree.map(jnp.asarray, lora))
-    finally:
-        store.close()
-    return profile, model, tokenizer, used
+    policy = Policy.from_run(run, step, on_progress=on_progress)
+    return policy.profile, policy.model, policy.tokenizer, policy.step
 
 
 def base_model_id(profile: Any) -> str:

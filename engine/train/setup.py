@@ -135,6 +135,24 @@ def load_policy(p: Profile, on_progress: Callable[[str], None] | None = None) ->
     return model, tokenizer
 
 
+def _on_devices_here(profile: Profile, on_progress: Callable[[str], None] | None = None) -> Profile:
+    """The profile, or when its mesh needs more devices than this process sees (a run trained on 8 GPUs, evaluated
+    on a laptop), the same with every device there is on `fsdp` (`model.mesh_shape = []`): checkpoints are
+    placement-free, so the adapters are the same."""
+    import dataclasses
+    import math
+
+    import jax
+
+    need, have = math.prod(profile.model.mesh_shape or [1]), jax.device_count()
+    if need <= have:
+        return profile
+    if on_progress is not None:
+        on_progress(f"the run's mesh {profile.model.mesh_shape} needs {need} devices; this machine has {have}: "
+                    f"placing the model on {'it' if have == 1 else f'all {have}'}")
+    return dataclasses.replace(profile, model=dataclasses.replace(profile.model, mesh_shape=[]))
+
+
 class Policy:
     """A profile's model with its LoRA adapters, and its tokenizer: fresh (`load`, training from step 0) or with the
     adapters of a run's checkpoint (`from_run`: generation, evaluation; a resumed run restores them with its
@@ -175,13 +193,15 @@ class Policy:
     def from_run(cls, run_dir: str | Path, step: int | None = None, *, profile: Profile | None = None,
                  on_progress: Callable[[str], None] | None = None) -> "Policy":
         """A run's model: the base weights of its profile (or `profile`, e.g. the run's with overrides) with the
-        adapters of its checkpoint `step` (the latest by default). Only reads the run. CheckpointError when the run
-        has no such checkpoint (checked before the model loads)."""
+        adapters of its checkpoint `step` (the latest by default), on the run's mesh or, where this machine has
+        fewer devices, on those it has. Only reads the run. CheckpointError when the run has no such checkpoint
+        (checked before the model loads)."""
         from engine.profile_io import load_profile
         from engine.train.checkpoints import CheckpointError, CheckpointStore
 
         run_dir = Path(run_dir)
         profile = profile if profile is not None else load_profile(run_dir / "profile.toml")
+        profile = _on_devices_here(profile, on_progress)
         store = CheckpointStore(run_dir / "checkpoints", read_only=True)
         try:
             steps = store.steps()
