@@ -52,3 +52,10 @@ def gsm8k_dir() -> Path:
 def cli_cmd(*args: str) -> list[str]:
     """The `tunix-tui` command as a subprocess argument list (the installed entry point's module)."""
     return [sys.executable, "-m", "tunix_tui.cli", *args]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests on the real weights (the longest, minutes each) first, the rest in their order: with several
+    workers (`make test`) they start at once and the short ones fill in around them, rather than one of them running
+    alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("real_weights") is None)
