@@ -125,7 +125,7 @@ class RunCurves:
         if self.sampled:  # a preview is replaced by the whole run, never read on
             return False
         if size < self.offset:  # replaced: start again
-            self.__init__(self.path)
+            self.__init__(self.path)  # type: ignore[misc]
         if size == self.offset:
             return False
         added = False

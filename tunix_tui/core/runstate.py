@@ -383,10 +383,7 @@ class RunState:
     def latest_partial(self) -> dict[str, Any] | None:
         """The text being generated now, when newer than the latest sample group."""
         if self._partial_raw is not None:
-            try:
-                self.partial = parse_event(self._partial_raw)
-            except (ValueError, UnicodeDecodeError):
-                self.partial = None
+            self.partial = parse_event(self._partial_raw)   # None when it is not an event
             self._partial_raw = None
         return self.partial
 
@@ -541,9 +538,8 @@ class RunState:
     def _fold_step_lines(self, raws: list[bytes], offsets: list[int]) -> bool:
         """Fold consecutive step lines in one go (one line at a time if any is not a well-formed step event);
         True when one of them turned out to be a status event."""
-        loads = _loads
         try:
-            evs = list(map(loads, raws))
+            evs = list(map(_loads, raws))
             clean = set(map(type, evs)) == _DICT and list(map(_get_type, evs)).count("step") == len(evs)
             if clean:
                 list(map(_get_seq, evs))  # each has a sequence number (KeyError if not)
