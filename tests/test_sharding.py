@@ -52,11 +52,16 @@ def figures(model, put):
     step = jax.jit(jax.value_and_grad(loss, has_aux=True))
     (value, logits), grads = step(lora, rest, toks, ok)
     opt = optax.adamw(1e-2)   # three training steps: AdamW on the adapters, state placed as they are
+
+    @jax.jit   # jitted: eager collectives over 8 CPU devices can miss their rendezvous
+    def train(trained, opt_state, g):
+        updates, opt_state = opt.update(g, opt_state, trained)
+        return optax.apply_updates(trained, updates), opt_state
+
     trained, opt_state = lora, opt.init(lora)
     for _ in range(3):
         _, g = step(trained, rest, toks, ok)
-        updates, opt_state = opt.update(g, opt_state, trained)
-        trained = optax.apply_updates(trained, updates)
+        trained, opt_state = train(trained, opt_state, g)
     return (float(value), np.asarray(logits), [np.asarray(g) for g in jax.tree.leaves(grads)], toks,
             [np.asarray(x) for x in jax.tree.leaves(trained)])
 
