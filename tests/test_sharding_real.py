@@ -6,8 +6,10 @@ one vector) within 1e-5 relative, and the adapters after 3 training steps within
 Measured here: log-probs <= 1.9e-6, loss <= 6.7e-6, gradient <= 6.4e-6 (each adapter's own <= 2.9e-5 of its largest
 entry), adapters <= 2.7e-6 after moving 3.0e-5. The adapters start as after some training (KL to the base 0.24 a
 token): at a near-zero KL the on-policy GRPO loss is beta x KL, a difference of nearly equal log-probabilities, whose
-relative error says nothing of the mesh. (Training through the Trainer on meshes, with sampling, and resuming on
-another mesh is shown on the tiny model in test_sharding.py.)"""
+relative error says nothing of the mesh. The meshes are (8, 1), what `model.mesh_shape = []` gives on 8 devices,
+and (4, 2), both axes at once; (2, 4) was within the same bounds when measured (figures above) and is kept on the
+tiny model only, as a third compile of the 270M on 8 CPU devices costs CI about 2 minutes. (Training through the
+Trainer on meshes, with sampling, and resuming on another mesh is shown on the tiny model in test_sharding.py.)"""
 
 from __future__ import annotations
 
@@ -104,7 +106,7 @@ def grad_rel(gs, os_):   # the whole gradient vector: |g - g_one| / |g_one|
 out = {"devices": len(jax.devices()), "one_tokens": one[3], "one_loss": one[0], "kl": one[5], "meshes": {},
        "moved": max(float(np.max(np.abs(a - np.asarray(b)))) for a, b in
                     zip(one[4].values(), flatten_named(nnx.state(build(), nnx.LoRAParam)).values()))}
-for shape in ([8, 1], [4, 2], [2, 4]):
+for shape in ([8, 1], [4, 2]):
     mesh = sharding.make_mesh(shape, ["fsdp", "tp"])
     model = build()
     sharding.shard_model(model, mesh)
