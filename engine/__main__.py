@@ -7,6 +7,7 @@ Each command module is imported only when used.
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import sys
 
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         lines = [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
         print("usage: python -m engine COMMAND [ARGS]\n\ncommands:\n" + "\n".join(lines))
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    # A crash below Python (a segmentation fault in XLA, say) leaves its cause and the Python stack in the log
+    faulthandler.enable(all_threads=False)
     module = importlib.import_module(COMMANDS[argv[0]][0])
     return int(module.main(argv[1:]) or 0)
 

@@ -592,6 +592,22 @@ def engine_alive(run_dir: str | os.PathLike, *, now: float | None = None) -> boo
     return (now or time.time()) - float(info.get("heartbeat", 0)) < HEARTBEAT_STALE_S
 
 
+FATAL_MARK = "Fatal Python error: "   # what Python's faulthandler writes first when the process crashes
+
+
+def fatal_error(log_path: str | os.PathLike, tail_bytes: int = 1 << 16) -> str | None:
+    """The crash an engine's log ends with (`Fatal Python error: Segmentation fault`, written by faulthandler when
+    the process dies below Python), or None."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - tail_bytes))
+            tail = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    found = [line.strip() for line in tail.splitlines() if line.startswith(FATAL_MARK)]
+    return found[-1] if found else None
+
+
 def process_running(pid: int) -> bool:
     """Whether process `pid` of this host runs (exists, whoever owns it, and is no zombie awaiting its parent)."""
     if pid <= 0:

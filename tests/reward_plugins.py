@@ -70,3 +70,12 @@ def fragile(prompts, completions, answers):
     if _calls["fragile"] >= 2:
         raise ZeroDivisionError("boom")
     return [0.0] * len(completions)
+
+
+def segfault(prompts, completions, answers):
+    """Crashes the whole process with SIGSEGV, as a fault in native code (XLA, a C extension) would."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSEGV)
+    return [0.0] * len(completions)

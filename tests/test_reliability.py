@@ -399,3 +399,19 @@ def test_a_dropped_terminal_leaves_the_engine_running_and_ctrl_c_asks_it_to_stop
     finally:
         os.kill(engine, signal.SIGKILL)
         os.close(master)
+
+
+def test_an_engine_that_crashes_below_python_is_reported_with_its_cause(tmp_path):
+    """A segmentation fault (here sent by a reward plugin; in life from native code such as XLA) kills the engine
+    without a final status: its log holds faulthandler's report and `tunix-tui run` names the crash."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from reward_plugins import functions_override
+
+    done = subprocess.run([sys.executable, "-m", "tunix_tui.cli", "--output-dir", str(tmp_path), "run", str(TINY),
+                           functions_override("plugin:segfault"), "eval.baseline=false"],
+                          cwd=ROOT, env=engine_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "ended without a final status (Fatal Python error: Segmentation fault)" in done.stderr, done.stderr
+    (run,) = [d for d in tmp_path.iterdir() if d.is_dir()]
+    log = RunPaths(run).log.read_text()
+    assert "Fatal Python error: Segmentation fault" in log and "reward_plugins.py" in log   # where it happened

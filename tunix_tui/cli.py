@@ -19,8 +19,8 @@ from pathlib import Path
 from engine.distributed import add_arguments as add_distributed_arguments
 from engine.profile_io import ProfileError, dumps, load_profile, retired_notes
 from engine.prompt import describe_template
-from engine.protocol import (COMMANDS, FINAL_STATUSES, EventReader, RunAccessError, RunPaths, engine_alive, find_run,
-                             list_runs, owner_name, send_command)
+from engine.protocol import (COMMANDS, FINAL_STATUSES, EventReader, RunAccessError, RunPaths, engine_alive, fatal_error,
+                             find_run, list_runs, owner_name, send_command)
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
 EXIT_HANGUP = 128 + signal.SIGHUP  # the terminal went away (what a shell reports for a process ended by SIGHUP)
@@ -246,7 +246,9 @@ def follow(run_dir: Path, offset: int = 0) -> int:
                 time.sleep(0.5)  # the last events may still be on their way
                 if drain() in FINAL_STATUSES:
                     return ended()
-                print(f"the engine process ended without a final status; see {RunPaths(run_dir).log}",
+                log = RunPaths(run_dir).log
+                crash = fatal_error(log)
+                print(f"the engine process ended without a final status{f' ({crash})' if crash else ''}; see {log}",
                       file=sys.stderr)
                 return EXIT_FAIL
         time.sleep(0.2)
