@@ -1,4 +1,5 @@
-"""The XLA flags the engine sets for itself (engine/xla_flags.py): YNNPACK off on the jaxlib it segfaults on."""
+"""The XLA flags the engine sets for itself (engine/xla_flags.py): YNNPACK kept to single dots on the jaxlib whose
+fused dots segfault."""
 
 from __future__ import annotations
 
@@ -7,18 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.xla_flags import YNN_FLAG, with_workarounds
+from engine.xla_flags import YNN_FLAG, YNN_FUSIONS, with_workarounds
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_flag_is_added_only_on_checked_jaxlib_versions_and_never_over_the_users():
-    assert with_workarounds("", "0.10.2") == f"{YNN_FLAG}="
+    assert with_workarounds("", "0.10.2") == f"{YNN_FLAG}={YNN_FUSIONS}"
     assert with_workarounds("--xla_force_host_platform_device_count=8", "0.10.2") == \
-        f"--xla_force_host_platform_device_count=8 {YNN_FLAG}="
+        f"--xla_force_host_platform_device_count=8 {YNN_FLAG}={YNN_FUSIONS}"
     assert with_workarounds("", "0.9.0") == ""            # a jaxlib whose XLA may not know the flag
     assert with_workarounds("", None) == ""
-    mine = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT"
+    mine = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE"
     assert with_workarounds(mine, "0.10.2") == mine       # the user's own choice stands
 
 
