@@ -316,6 +316,19 @@ async def test_dead_engine_deleted_folder_and_no_events(tmp_path: Path):
         assert isinstance(app.screen, DashboardScreen)
 
 
+async def test_an_engine_that_crashed_below_python_is_shown_with_its_cause(tmp_path: Path):
+    eng = live_run(tmp_path)
+    eng.started(10)
+    eng.status("running")
+    with open(eng.paths.log, "a") as log:   # what faulthandler writes as the process dies
+        log.write("Fatal Python error: Segmentation fault\n\nCurrent thread 0x00007f (most recent call first):\n")
+    eng.die()
+    app = make_app(tmp_path, attach=eng.paths.root)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await wait_until(pilot, lambda: "dead" in screen_text(app), timeout=15)
+        assert "The engine process crashed (Segmentation fault) without a final status" in screen_text(app)
+
+
 @pytest.mark.slow
 async def test_resizing_while_events_stream_in(tmp_path: Path):
     eng = live_run(tmp_path)

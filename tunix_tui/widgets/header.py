@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from engine.protocol import FATAL_MARK
 from tunix_tui.core.runstate import RunState
 from tunix_tui.core.text import bar, hms, num, pct
 from tunix_tui.widgets.textbox import TextBox
@@ -119,7 +120,9 @@ class RunHeader(TextBox):
             return Text("The run folder was deleted; what was read so far stays on screen.",
                         style=resolve("bold $error", v))
         if state.dead:
-            return Text("The engine process is gone without a final status: press r to resume from the last "
+            crash = next((ln for ln in reversed(state.engine_log) if ln.startswith(FATAL_MARK)), None)
+            how = f"crashed ({crash.removeprefix(FATAL_MARK)})" if crash else "is gone"
+            return Text(f"The engine process {how} without a final status: press r to resume from the last "
                         "checkpoint; see the log tab for its output.", style=resolve("$error", v))
         if state.status == "failed":
             err = state.error()
