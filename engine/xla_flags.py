@@ -1,13 +1,12 @@
-"""XLA flags the engine sets for itself, before JAX starts its backend (pure Python: nothing is imported).
+"""XLA flags the engine sets for itself, before JAX starts its backend (pure Python: JAX is not imported here).
 
 jaxlib 0.10.2's CPU backend hands fused dots to YNNPACK, whose AVX-512 fp32 dot kernel writes through a null pointer
 in the backward pass of the model over larger batches (measured here: the 270M's GRPO update segfaults from 24
 completions a step; the tiny model's from 3 prompts of 256 tokens x 8 completions). Keeping YNNPACK to single dots
 (`--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT`) avoids it for little speed (measured
 alternately against the default: sampler batch 8, 133 vs 134 tok/s; GRPO step bench 8.76 vs 8.47 s; YNNPACK off
-altogether: 120 tok/s). Other jaxlib versions may not know the flag (XLA
-stops on an unknown one), so it is set only for the versions it was checked on, and never when the user's
-XLA_FLAGS already says something about it.
+altogether: 120 tok/s). Other jaxlib versions may not know the flag (XLA stops on an unknown one), so it is set only
+for the versions it was checked on, and never when the user's XLA_FLAGS already says something about it.
 """
 
 from __future__ import annotations
@@ -18,10 +17,11 @@ from typing import MutableMapping
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 YNN_FUSIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
-YNN_CHECKED_JAXLIB = frozenset({"0.10.2"})   # where the flag exists and turning YNNPACK off was measured
+YNN_CHECKED_JAXLIB = frozenset({"0.10.2"})   # where the flag exists and the workaround was measured
 
 
 def jaxlib_version() -> str | None:
+    """The installed jaxlib's version, read from its package metadata (None when it is not installed)."""
     try:
         return metadata.version("jaxlib")
     except metadata.PackageNotFoundError:
