@@ -15,10 +15,11 @@ from test_engine_process import DETERMINISTIC, finish, new_run, of_type, start, 
 pytestmark = pytest.mark.slow
 
 # A slow rollout from the profile alone: long completions that the random model never ends (no end-of-sequence id
-# it can produce, no stop string).
+# it can produce, no stop string), 8 prompts x 4 of them. With 2 prompts the tiny model's 600 tokens could all be
+# written within a second, between two partials (at most one each half second), and the pause then came too late.
 SLOW_ROLLOUT = ("generation.max_generation_steps=600", "generation.eos_tokens=[100000]", "generation.stop_strings=[]",
                 "generation.partial_every=8", "logging.samples_per_step=1", "training.num_batches=2",
-                "training.save_interval_steps=0")
+                "training.save_interval_steps=0", "training.micro_batch_size=8")
 
 
 @pytest.fixture(scope="module")
