@@ -595,17 +595,21 @@ def engine_alive(run_dir: str | os.PathLike, *, now: float | None = None) -> boo
 FATAL_MARK = "Fatal Python error: "   # what Python's faulthandler writes first when the process crashes
 
 
+def fatal_line(lines: list[str]) -> str | None:
+    """The last of an engine log's `lines` that reports a crash (`Fatal Python error: Segmentation fault`, written
+    by faulthandler when the process dies below Python), or None."""
+    return next((line.strip() for line in reversed(lines) if line.startswith(FATAL_MARK)), None)
+
+
 def fatal_error(log_path: str | os.PathLike, tail_bytes: int = 1 << 16) -> str | None:
-    """The crash an engine's log ends with (`Fatal Python error: Segmentation fault`, written by faulthandler when
-    the process dies below Python), or None."""
+    """`fatal_line` of the end of the engine log at `log_path` (None when it cannot be read)."""
     try:
         with open(log_path, "rb") as fh:
             fh.seek(max(0, os.fstat(fh.fileno()).st_size - tail_bytes))
             tail = fh.read().decode("utf-8", "replace")
     except OSError:
         return None
-    found = [line.strip() for line in tail.splitlines() if line.startswith(FATAL_MARK)]
-    return found[-1] if found else None
+    return fatal_line(tail.splitlines())
 
 
 def process_running(pid: int) -> bool:

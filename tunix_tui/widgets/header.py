@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from engine.protocol import FATAL_MARK
+from engine.protocol import FATAL_MARK, fatal_line
 from tunix_tui.core.runstate import RunState
 from tunix_tui.core.text import bar, hms, num, pct
 from tunix_tui.widgets.textbox import TextBox
@@ -120,7 +120,7 @@ class RunHeader(TextBox):
             return Text("The run folder was deleted; what was read so far stays on screen.",
                         style=resolve("bold $error", v))
         if state.dead:
-            crash = next((ln for ln in reversed(state.engine_log) if ln.startswith(FATAL_MARK)), None)
+            crash = fatal_line(state.engine_log)
             how = f"crashed ({crash.removeprefix(FATAL_MARK)})" if crash else "is gone"
             return Text(f"The engine process {how} without a final status: press r to resume from the last "
                         "checkpoint; see the log tab for its output.", style=resolve("$error", v))
