@@ -108,6 +108,10 @@ class GrpoSection:
     """Group Relative Policy Optimization."""
     num_generations: int = spec(4, "Completions sampled per prompt (the group).", min=2, max=256)
     num_iterations: int = spec(1, "Policy updates per batch of rollouts (mu).", min=1, max=16)
+    oversample: int = spec(
+        1, "Prompts sampled per prompt trained: a step samples oversample x `training.micro_batch_size` prompts and "
+        "trains on `micro_batch_size` groups, first those whose completions' rewards differ (a group that all scored "
+        "alike teaches nothing; DAPO's dynamic sampling).", min=1, max=8)
     beta: float = spec(0.08, "Weight of the KL penalty to the reference (base) model.", min=0.0)
     epsilon: float = spec(0.2, "Lower clipping range of the probability ratio.", min=0.0)
     epsilon_high: float = spec(0.0, "Upper clipping range; 0 means the same as `epsilon`.", min=0.0)

@@ -120,7 +120,7 @@ def estimate(profile: Profile, *, platform: str = "cpu", limit: int | None = Non
     layer_params = params - V * d - d
     prompts = p.training.micro_batch_size
     rows = prompts * p.grpo.num_generations
-    rb = batch_bucket(rows)
+    rb = batch_bucket(rows * p.grpo.oversample)   # the rollout samples every candidate prompt's group
     tp = min(next_pow2(p.generation.max_prompt_length), p.generation.max_prompt_length)
     tg = p.generation.max_generation_steps
     chunk = p.training.logprob_chunk_size

@@ -122,3 +122,21 @@ def test_a_reward_function_that_raises_fails_the_run_naming_it_and_keeps_the_wor
     assert [e["status"] for e in events if e["type"] == "status"][-1] == "failed"
     # step 1 was complete: it is saved, so a fixed plugin can resume from there
     assert [(e["step"], e["reason"]) for e in events if e["type"] == "checkpoint"] == [(1, "error")]
+
+
+def test_oversampling_samples_more_prompts_than_it_trains_and_reports_them_all(tmp_path):
+    paths = prepare_run(ROOT / "profiles" / "tiny.toml", [
+        "training.num_batches=2", "training.eval_every_n_steps=0", "training.save_interval_steps=0",
+        "eval.final=false", "grpo.oversample=2", "logging.samples_per_step=8",
+        functions_override("match_format_exactly", "plugin:letters")], str(tmp_path))
+    trainer = Trainer(paths.root, install_signals=False)
+    assert trainer.run() == 0
+    events = read_events(paths.events)
+    samples = [e for e in events if e["type"] == "sample"]
+    # tiny.toml trains 2 prompts a step: 4 were sampled, and every one is reported
+    assert [s["step"] for s in samples] == [1] * 4 + [2] * 4
+    assert len({s["prompt"] for s in samples}) == 8
+    steps = [e for e in events if e["type"] == "step"]
+    assert len(steps) == 2 and all(e["metrics"]["skipped"] == 0.0 for e in steps)
+    meta = CheckpointStore(paths.checkpoints, read_only=True).read_meta(2)
+    assert meta["updates"] == 2 and meta["data"]["batch_size"] == 4 and meta["data"]["epoch"] == 1

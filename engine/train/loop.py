@@ -1,8 +1,9 @@
 """The GRPO training process: load, (restore,) then per step rollout -> rewards -> reference -> update(s) ->
 metrics, with evaluation and checkpoints on their cadence, and live control between phases.
 
-A step passes records (engine.train.records): the rollout phase makes a `Rollout`, `score` a `ScoredRollout`,
-`to_example` and the reference phase a `TrainExample`, and the update phase applies the pure update
+A step passes records (engine.train.records): the rollout phase makes a `Rollout`, `score` a `ScoredRollout`
+(`train_groups` keeps the groups the update trains on when `grpo.oversample` sampled more), `to_example` and the
+reference phase a `TrainExample`, and the update phase applies the pure update
 (engine.train.step.update) to it, `grpo.num_iterations` times.
 
 `Trainer(run_dir).run()` does a whole run and returns the process exit code (0 finished or stopped, 1 failed).
@@ -266,12 +267,14 @@ class Trainer:
         if splits.total_dropped:
             self.log.info(f"{splits.total_dropped} rows without a usable answer were dropped "
                           f"({', '.join(f'{k}: {v}' for k, v in splits.dropped.items() if v)})", level="warning")
-        self.iterator = BatchIterator(splits.train, p.training.micro_batch_size, seed=p.run.seed, shuffle=d.shuffle,
+        self.iterator = BatchIterator(splits.train, p.training.micro_batch_size * p.grpo.oversample,
+                                      seed=p.run.seed, shuffle=d.shuffle,
                                       epochs=p.training.num_epochs, num_batches_cap=p.training.num_batches)
         self.total_steps = self.iterator.total_steps
         if self.total_steps == 0:
             raise ValueError(f"the training split has {len(splits.train)} examples, fewer than one batch of "
-                             f"training.micro_batch_size = {p.training.micro_batch_size}")
+                             f"training.micro_batch_size = {p.training.micro_batch_size}"
+                             + (f" x grpo.oversample = {p.grpo.oversample}" if p.grpo.oversample > 1 else ""))
         self.per_epoch = self.total_steps // max(p.training.num_epochs, 1)
 
     def _load_model(self, p: Profile) -> None:
@@ -515,9 +518,10 @@ class Trainer:
             self._step(self.state.step + 1)
 
     def _step(self, step: int) -> None:
-        """rollout -> score -> the update's example (reference) -> update(s) -> report, then checkpoint and
+        """rollout -> score -> the trained groups -> the update's example (reference) -> update(s) -> report (over
+        every sampled group), then checkpoint and
         evaluation on their cadence."""
-        from engine.train.records import score, to_example
+        from engine.train.records import score, to_example, train_groups
         from engine.train.setup import COMPILE_STATS
 
         p = self.profile
@@ -530,7 +534,8 @@ class Trainer:
         t0 = time.perf_counter()
         scored = score(rollout, self.rewards, scale_by_std=p.grpo.advantage_normalization == "std")
         timer.add("rewards", time.perf_counter() - t0)
-        example = self._logprobs(step, to_example(scored, self.prompt_width, self.tokenizer.pad_id), timer)
+        trained = train_groups(scored, p.training.micro_batch_size)
+        example = self._logprobs(step, to_example(trained, self.prompt_width, self.tokenizer.pad_id), timer)
         update_metrics, lr = self._update(step, example, position, timer)
 
         self._compiled_end()

@@ -67,6 +67,27 @@ def score(rollout: Rollout, rewards: Sequence[Any], *, scale_by_std: bool = True
     return ScoredRollout(rollout, scores, np.asarray(advantages, np.float32))
 
 
+def train_groups(scored: ScoredRollout, keep: int) -> ScoredRollout:
+    """The `keep` groups the update trains on: first those whose completions' rewards differ, then groups that all
+    scored alike (advantage 0: only their KL term counts), each in the order sampled, so the update's shapes never
+    change. With exactly `keep` groups, `scored` itself."""
+    r = scored.rollout
+    G = r.group_size
+    if len(r.examples) <= keep:
+        return scored
+    totals = np.asarray(scored.scores.total).reshape(-1, G)
+    alike = totals.max(axis=1) - totals.min(axis=1) <= 1e-9
+    groups = np.argsort(alike, kind="stable")[:keep]
+    rows = (groups[:, None] * G + np.arange(G)[None, :]).ravel()
+    rollout = dataclasses.replace(
+        r, examples=[r.examples[g] for g in groups], prompts=[r.prompts[g] for g in groups],
+        prompt_ids=[r.prompt_ids[g] for g in groups], tokens=r.tokens[rows], lengths=r.lengths[rows],
+        truncated=r.truncated[rows], texts=[r.texts[i] for i in rows])
+    s = scored.scores
+    scores = dataclasses.replace(s, per_function=s.per_function[rows], total=s.total[rows])
+    return ScoredRollout(rollout, scores, scored.advantages[rows])
+
+
 @dataclass(frozen=True)
 class TrainExample:
     """What the update takes (a pytree of arrays): prompts and completions, advantages, and the log-probabilities of
