@@ -347,6 +347,39 @@ async def test_resizing_while_events_stream_in(tmp_path: Path):
         assert "60/200 done" in screen_text(app) and "drawing failed" not in dash(app).state.last_problem
 
 
+async def test_the_layout_follows_the_terminal_size_without_rebuilding_the_panes(tmp_path: Path):
+    eng = live_run(tmp_path)
+    eng.started(20)
+    for s in range(1, 4):
+        eng.full_step(s, 20)
+    app = make_app(tmp_path, attach=eng.paths.root)
+
+    def shown() -> set[str]:
+        return {w.id or "" for w in dash(app).query("#dash-grid > Pane") if w.display}
+
+    async with app.run_test(size=(160, 48)) as pilot:
+        await drawn(pilot, app, lambda s: s.step == 3)
+        panes = {w.id: w for w in dash(app).query("#dash-grid > Pane")}
+        await wait_until(pilot, lambda: dash(app).mode == "wide")
+        assert shown() == {"pane-loss", "pane-reward", "pane-eval", "pane-memory", "pane-timing", "pane-log",
+                           "pane-samples"}
+        assert not dash(app).query_one("#dash-tabs").display
+        assert app.focused is not None and app.focused.id == "samples-table"   # ↑/↓ move through the samples
+
+        await pilot.resize_terminal(160, 30)   # wide but short: tabs
+        await wait_until(pilot, lambda: dash(app).mode == "narrow")
+        await pilot.pause(0.1)
+        assert shown() == {"pane-loss", "pane-reward"} and dash(app).query_one("#dash-tabs").display
+        assert app.focused is not None and app.focused.id == "dash-tabs"   # not the hidden samples table
+        await pilot.press("9")
+        await wait_until(pilot, lambda: shown() == {"pane-host"})
+        await pilot.resize_terminal(160, 48)
+        await wait_until(pilot, lambda: dash(app).mode == "wide")
+        await pilot.pause(0.1)
+        assert "pane-host" not in shown() and len(shown()) == 7
+        assert {w.id: w for w in dash(app).query("#dash-grid > Pane")} == panes   # the same widgets throughout
+
+
 async def test_back_leaves_the_engine_running_and_says_so(tmp_path: Path):
     eng = live_run(tmp_path)
     eng.started(10)

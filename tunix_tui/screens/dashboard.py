@@ -1,7 +1,8 @@
 """The run dashboard: live from the event stream, with keys to pause, checkpoint, stop and resume.
 
 A thread worker folds new events into the follower's `RunState`; a timer redraws the panes whose part changed, at
-most `redraw_interval` apart, inside one `batch_update`. Narrow terminals get the panes as tabs, wide ones (from 150
+most `redraw_interval` apart, inside one `batch_update`. The panes are composed once; the screen's breakpoint classes
+lay them out (app.tcss): narrow or short terminals show one tab's panes under a tab strip, wide ones (from 150
 columns and 40 lines) all at once. Leaving the dashboard never stops the engine.
 """
 
@@ -14,10 +15,10 @@ from pathlib import Path
 from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Container, Grid, Horizontal
+from textual.containers import Container
 from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Tab, Tabs
 
 from engine.protocol import send_command
 
@@ -46,42 +47,12 @@ console never stops the engine.
 """
 
 
-class NarrowBody(Container):
-    """The panes as tabs."""
-
-    def compose(self) -> ComposeResult:
-        with TabbedContent(id="dash-tabs", initial="tab-train"):
-            with TabPane("1 Train", id="tab-train"):
-                with Horizontal(classes="pane-row"):
-                    yield LossPane(id="pane-loss")
-                    yield RewardPane(id="pane-reward")
-            with TabPane("2 System", id="tab-system"):
-                with Horizontal(classes="pane-row"):
-                    yield MemoryPane(id="pane-memory")
-                    yield TimingPane(id="pane-timing")
-            with TabPane("3 Eval", id="tab-eval"):
-                yield EvalPane(id="pane-eval")
-            with TabPane("4 Samples", id="tab-samples"):
-                yield SamplesPane(id="pane-samples")
-            with TabPane("5 Log", id="tab-log"):
-                yield LogPane(id="pane-log")
-            for i, (name, (label, pane)) in enumerate(VIEWS.items()):
-                with TabPane(f"{i + 6} {label}", id=f"tab-{name}"):
-                    yield pane(id=f"pane-{name}")
-
-
-class WideBody(Container):
-    """Every pane at once."""
-
-    def compose(self) -> ComposeResult:
-        with Grid(id="dash-grid"):
-            yield LossPane(id="pane-loss")
-            yield RewardPane(id="pane-reward")
-            yield EvalPane(id="pane-eval")
-            yield MemoryPane(id="pane-memory")
-            yield TimingPane(id="pane-timing")
-            yield LogPane(id="pane-log")
-            yield SamplesPane(id="pane-samples")
+PANES = (  # (tab, pane class, id); the views (VIEWS) follow, one tab each, and show in the wide grid only by key
+    ("train", LossPane, "pane-loss"), ("train", RewardPane, "pane-reward"), ("eval", EvalPane, "pane-eval"),
+    ("system", MemoryPane, "pane-memory"), ("system", TimingPane, "pane-timing"), ("log", LogPane, "pane-log"),
+    ("samples", SamplesPane, "pane-samples"))
+TAB_LABELS = {"train": "Train", "system": "System", "eval": "Eval", "samples": "Samples", "log": "Log",
+              **{name: label for name, (label, _) in VIEWS.items()}}
 
 
 class DashboardScreen(Screen):
@@ -115,14 +86,15 @@ class DashboardScreen(Screen):
                 "samples again", id="dashboard.samples-latest"),
     ]
 
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (WIDE_MIN[0], "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (WIDE_MIN[1], "-tall")]
+
     def __init__(self, run_dir: Path, *, known_pid: int | None = None, follower: Follower | None = None):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.follower = follower or Follower(self.run_dir, known_pid=known_pid)
-        self.mode = ""
         self._state: RunState | None = None
         self.following_ended = threading.Event()
-        self._building = False
         self.redraw_everything = True
         self._last_clock = 0.0
         self._notice_drawn = False
@@ -134,13 +106,24 @@ class DashboardScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="run-header")
-        yield Container(id="dash-body")
+        yield Tabs(*(Tab(f"{i + 1} {TAB_LABELS[name]}", id=f"tab-{name}") for i, name in enumerate(TABS)),
+                   id="dash-tabs")
+        with Container(id="dash-grid"):
+            for tab, pane, pane_id in PANES:
+                yield pane(id=pane_id, classes=f"in-{tab}")
+            for name, (_, pane) in VIEWS.items():
+                yield pane(id=f"pane-{name}", classes=f"in-{name} view")
         yield Footer()
 
-    async def on_mount(self) -> None:
+    @property
+    def mode(self) -> str:
+        """"wide" (every pane at once) or "narrow" (one tab's panes), as the breakpoint classes say."""
+        return "wide" if self.has_class("-wide") and self.has_class("-tall") else "narrow"
+
+    def on_mount(self) -> None:
         self.follower.clock = self.app.clock
         self.follower.on_swap = self._redraw_now
-        await self._build(self._mode_for(self.app.size.width, self.app.size.height))
+        self._show("train")
         self.run_worker(self._follow, thread=True, exclusive=True, group="follow", exit_on_error=False,
                         name=f"follow {self.run_dir.name}")
         self.set_interval(self.app.redraw_interval, self.redraw)
@@ -165,45 +148,34 @@ class DashboardScreen(Screen):
         """Worker thread: the follower reads while behind and sleeps otherwise, until the screen goes."""
         self.follower.run(self.following_ended, lambda: self.app.poll_interval)
 
-    @staticmethod
-    def _mode_for(width: int, height: int) -> str:
-        return "wide" if width >= WIDE_MIN[0] and height >= WIDE_MIN[1] else "narrow"
-
     def on_resize(self, event: events.Resize) -> None:
+        """The breakpoint classes are set by now: draw everything at the new size."""
         self.redraw_everything = True
-        if self._mode_for(event.size.width, event.size.height) != self.mode and not self._building:
-            self.run_worker(self._relayout, exclusive=True, group="layout")
+        self.call_after_refresh(self.redraw)
+        self.call_after_refresh(self._focus_samples)
 
-    async def _relayout(self) -> None:
-        size = self.app.size
-        mode = self._mode_for(size.width, size.height)
-        if mode != self.mode and not self._building:
-            await self._build(mode)
+    def _show(self, name: str) -> None:
+        """Narrow: show tab `name`'s panes (the wide grid ignores the mark and never shows the views)."""
+        for pane in self.query_one("#dash-grid", Container).children:
+            pane.set_class(pane.has_class(f"in-{name}"), "shown")
 
-    async def _build(self, mode: str) -> None:
-        self._building = True
-        try:
-            body = self.query_one("#dash-body", Container)
-            await body.remove_children()
-            self.mode = mode
-            await body.mount(WideBody() if mode == "wide" else NarrowBody())
+    def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
+        if event.tabs.id == "dash-tabs" and event.tab.id:
+            self._show(event.tab.id.removeprefix("tab-"))
             self.redraw_everything = True
-        finally:
-            self._building = False
-        size = self.app.size
-        if self._mode_for(size.width, size.height) != self.mode:  # resized again meanwhile
-            await self._build(self._mode_for(size.width, size.height))
-        else:
-            self.call_after_refresh(self.redraw)
-            self.call_after_refresh(self._focus_samples)
 
     def _focus_samples(self) -> None:
-        """Wide: ↑/↓ move through the samples, not the log (the log scrolls with the mouse or after tab)."""
-        if self.mode == "wide" and (self.focused is None or self.focused.id == "log-scroll"):
-            try:
-                self.query_one("#samples-table", DataTable).focus()
-            except NoMatches:
-                pass
+        """After a layout change. Wide: ↑/↓ move through the samples, not the log (it scrolls with the mouse or after
+        tab) nor the hidden tab strip. Narrow: the focus never stays in a hidden pane (it goes to the tab strip)."""
+        focused = self.focused
+        if self.mode == "wide":
+            if focused is None or focused.id in ("log-scroll", "dash-tabs"):
+                try:
+                    self.query_one("#samples-table", DataTable).focus()
+                except NoMatches:
+                    pass
+        elif focused is not None and not all(w.display for w in focused.ancestors_with_self):
+            self.query_one("#dash-tabs", Tabs).focus()
 
     # -- drawing -----------------------------------------------------------------------------------------------
 
@@ -223,7 +195,7 @@ class DashboardScreen(Screen):
 
     def redraw(self) -> None:
         """Draw the parts that changed since the last call (called by the timer and after layout changes)."""
-        if self._building or not self.is_mounted:
+        if not self.is_mounted:
             return
         f = self.follower
         now = self.app.clock()
@@ -356,11 +328,7 @@ class DashboardScreen(Screen):
     def _shown_panes(self) -> list[str]:
         """Ids of the panes `?` explains: the active tab's (narrow), the focused one (wide); none: every pane."""
         if self.mode == "narrow":
-            try:
-                active = self.query_one("#dash-tabs", TabbedContent).active_pane
-            except NoMatches:
-                return []
-            return [p.id or "" for p in active.query(Pane)] if active is not None else []
+            return [p.id or "" for p in self.query("#dash-grid > .shown")]
         widget = self.focused
         while widget is not None and not isinstance(widget, Pane):
             widget = widget.parent
@@ -384,12 +352,9 @@ class DashboardScreen(Screen):
             self.app.push_screen(PaneScreen(self, VIEWS[name][1](id=f"pane-{name}")))
             return
         if self.mode == "narrow":
-            try:
-                tabs = self.query_one("#dash-tabs", TabbedContent)
-            except NoMatches:
-                return
-            self.set_focus(None)  # a focused widget in the old tab would pull the tabs back to it
-            tabs.active = f"tab-{name}"
+            self.set_focus(None)  # a focused widget in the old tab would stay focused while hidden
+            self.query_one("#dash-tabs", Tabs).active = f"tab-{name}"
+            self._show(name)
         pane = {"train": "#pane-loss", "system": "#pane-memory", "eval": "#pane-eval", "samples": "#pane-samples",
                 "log": "#pane-log"}.get(name, f"#pane-{name}")
         try:
