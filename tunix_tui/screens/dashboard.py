@@ -159,10 +159,14 @@ class DashboardScreen(Screen):
         for pane in self.query_one("#dash-grid", Container).children:
             pane.set_class(pane.has_class(f"in-{name}"), "shown")
 
+    def _drawn(self, pane: Pane) -> bool:
+        """Whether redraws keep `pane` current: every pane but the views while wide, where the grid never shows them
+        (narrow, the hidden tabs' panes too, so that a tab shows at once; leaving wide redraws everything)."""
+        return not (self.mode == "wide" and pane.has_class("view"))
+
     def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
         if event.tabs.id == "dash-tabs" and event.tab.id:
             self._show(event.tab.id.removeprefix("tab-"))
-            self.redraw_everything = True
 
     def _focus_samples(self) -> None:
         """After a layout change. Wide: ↑/↓ move through the samples, not the log (it scrolls with the mouse or after
@@ -230,7 +234,7 @@ class DashboardScreen(Screen):
                         self._last_clock = now
                         self._notice_drawn = bool(state.notice(now))  # redraw once more when it expires
                     for pane in self.query(Pane):
-                        if pane.part in dirty:
+                        if pane.part in dirty and self._drawn(pane):
                             pane.update_from(state, now)
                     if "control" in dirty:
                         self.refresh_bindings()
