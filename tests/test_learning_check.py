@@ -42,7 +42,7 @@ def test_a_few_steps_raise_the_held_out_strict_format_rate(tmp_path):
     out = tmp_path / "result.json"
     cmd = [sys.executable, "bench/learning_bench.py", "--profile", str(profile), "--builtin-questions", "16",
            "--gsm8k-questions", "0", "--max-tokens", "64", "--batch", "16", "--output-dir", str(tmp_path),
-           "--out", str(out), "--seed", "3", "training.num_batches=8", "training.micro_batch_size=1",
+           "--out", str(out), "--seed", "3", "training.num_batches=8", "training.micro_batch_size=1", "grpo.oversample=1",
            "optimizer.learning_rate=1e-4", "grpo.beta=0", "generation.max_generation_steps=64", "eval.baseline=false",
            "eval.final=false", "training.save_interval_steps=0"]
     done = subprocess.run(cmd, cwd=ROOT, env=engine_env(), capture_output=True, text=True, timeout=1800)
