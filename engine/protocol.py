@@ -64,8 +64,9 @@ STEP_METRICS = (
     "grad_clipped", "learning_rate", "tokens_per_s", "time_rollout", "time_rewards", "time_reference",
     "time_update", "time_step",
 )
-# plus "reward/<function name>" (that function's mean score) for each reward function, and "skipped" (1.0 when
-# the update was skipped for a non-finite loss or gradient). A step event's `memory` is a list of
+# plus "reward/<function name>" (that function's mean score) for each reward function, "skipped" (1.0 when
+# the update was skipped for a non-finite loss or gradient), and with grpo.oversample > 1 "frac_trained_zero_std"
+# (the zero-spread fraction of the groups trained; the other figures cover every group sampled). A step event's `memory` is a list of
 # {"device": str, "in_use": bytes, "peak": bytes, "limit": bytes or null} (on the CPU: the process's resident memory).
 # `reward_std` is the sample standard deviation (ddof 1) of the step's rewards, as the advantages' group std.
 # `clip_fraction` and its clearer name `ratio_clip_fraction` are the share of tokens whose probability ratio the

@@ -138,5 +138,7 @@ def test_oversampling_samples_more_prompts_than_it_trains_and_reports_them_all(t
     assert len({s["prompt"] for s in samples}) == 8
     steps = [e for e in events if e["type"] == "step"]
     assert len(steps) == 2 and all(e["metrics"]["skipped"] == 0.0 for e in steps)
+    # the groups trained are those with a reward spread first: never more alike than the groups sampled
+    assert all(0.0 <= e["metrics"]["frac_trained_zero_std"] <= e["metrics"]["frac_reward_zero_std"] for e in steps)
     meta = CheckpointStore(paths.checkpoints, read_only=True).read_meta(2)
     assert meta["updates"] == 2 and meta["data"]["batch_size"] == 4 and meta["data"]["epoch"] == 1

@@ -142,6 +142,7 @@ async def test_every_pane_updates_from_its_events(tmp_path: Path):
         assert "1/10 done" in text and "123 tok/s" in text                  # header
         assert "loss 0.0123" in text and "KL 0.0042" in text                # loss and KL
         assert "total " in text and "exact" in text and "zero-spread groups" in text  # rewards
+        assert "(trained" not in text   # no oversampling: no second figure
         assert "in use" in text and "peak" in text                          # memory
         assert "rollout" in text and "tokens/s" in text                     # timing
         assert "accuracy 37.5%" in text                                     # evaluation
@@ -378,6 +379,17 @@ async def test_the_layout_follows_the_terminal_size_without_rebuilding_the_panes
         await pilot.pause(0.1)
         assert "pane-host" not in shown() and len(shown()) == 7
         assert {w.id: w for w in dash(app).query("#dash-grid > Pane")} == panes   # the same widgets throughout
+
+
+async def test_an_oversampled_step_shows_how_alike_the_trained_groups_were(tmp_path: Path):
+    eng = live_run(tmp_path)
+    eng.started(10)
+    eng.step(1, 10, frac_reward_zero_std=0.375, frac_trained_zero_std=0.0)
+    app = make_app(tmp_path, attach=eng.paths.root)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await drawn(pilot, app, lambda s: s.step == 1)
+        stats = dash(app).query_one("#reward-stats").text.plain   # the pane wraps it on screen
+        assert "zero-spread groups 37.5% (trained 0.0%)" in stats
 
 
 async def test_back_leaves_the_engine_running_and_says_so(tmp_path: Path):

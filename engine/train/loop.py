@@ -544,7 +544,8 @@ class Trainer:
         # a steady step compiled nothing: its time predicts the next ones (an ETA leaves the others out)
         steady = len(self._compiled) == compiled_before and compile_seconds < STEADY_COMPILE_SECONDS
         timer.add("step", time.perf_counter() - t_step - (self.control.held_seconds - held_before))
-        self._report(scored, update_metrics, lr, timer, compile_seconds=compile_seconds, steady=steady)
+        self._report(scored, update_metrics, lr, timer, compile_seconds=compile_seconds, steady=steady,
+                     trained=trained)
 
         t = p.training
         if t.save_interval_steps and step % t.save_interval_steps == 0:
@@ -622,11 +623,12 @@ class Trainer:
         return mean_update_metrics(per_iteration, max_grad_norm=p.optimizer.max_grad_norm), lr
 
     def _report(self, scored: Any, update_metrics: dict[str, float], lr: float, timer: Timer, *,
-                compile_seconds: float, steady: bool) -> None:
-        """The metrics phase: the `step` event, alerts and system figures, `sample` events, W&B, and the error of a
-        skipped (non-finite) update."""
+                compile_seconds: float, steady: bool, trained: Any) -> None:
+        """The metrics phase: the `step` event (over every group sampled; with oversampling also the zero-spread
+        fraction of the groups trained), alerts and system figures, `sample` events, W&B, and the error of a skipped
+        (non-finite) update."""
         from engine.train.memory import memory_stats
-        from engine.train.metrics import length_metrics, reward_metrics, sample_groups
+        from engine.train.metrics import length_metrics, reward_metrics, sample_groups, zero_spread
 
         p = self.profile
         rollout = scored.rollout
@@ -635,6 +637,8 @@ class Trainer:
         metrics.update(update_metrics)
         metrics.update(reward_metrics(scored.scores, G))
         metrics.update(length_metrics(rollout.lengths, rollout.truncated))
+        if trained is not scored:
+            metrics["frac_trained_zero_std"] = zero_spread(trained.scores, G)
         metrics["learning_rate"] = lr
         metrics["tokens_per_s"] = int(rollout.lengths.sum()) / max(timer.times.get("rollout", 0.0), 1e-9)
         for name in ("rollout", "rewards", "reference", "update", "step"):

@@ -14,13 +14,18 @@ def reward_metrics(scores: RewardScores, group_size: int) -> dict[str, float]:
 
     reward_std is the sample standard deviation (ddof 1) over the step's completions, as the advantages' group std."""
     total = np.asarray(scores.total, np.float64)
-    groups = total.reshape(-1, group_size)
     out = {"reward_mean": float(total.mean()), "reward_std": float(total.std(ddof=1)) if total.size > 1 else 0.0,
            "reward_min": float(total.min()), "reward_max": float(total.max()),
-           "frac_reward_zero_std": float(np.mean(groups.max(axis=1) - groups.min(axis=1) <= 1e-9))}
+           "frac_reward_zero_std": zero_spread(scores, group_size)}
     for name, mean in scores.means().items():
         out[f"reward/{name}"] = float(mean)
     return out
+
+
+def zero_spread(scores: RewardScores, group_size: int) -> float:
+    """The fraction of groups whose completions all scored the same weighted total (they teach nothing)."""
+    groups = np.asarray(scores.total, np.float64).reshape(-1, group_size)
+    return float(np.mean(groups.max(axis=1) - groups.min(axis=1) <= 1e-9))
 
 
 def length_metrics(lengths: np.ndarray, truncated: np.ndarray) -> dict[str, float]:

@@ -117,6 +117,8 @@ class RewardPane(Pane):
         stats.append("  zero-spread groups ")
         zero = m.get("frac_reward_zero_std")
         stats.append(pct(zero), style=self.color("$warning") + " bold" if (zero or 0) >= 0.5 else "")
+        if m.get("frac_trained_zero_std") is not None:   # oversampling: of the groups the update trained on
+            stats.append(f" (trained {pct(m.get('frac_trained_zero_std'))})")
         stats.append(f"  len {num(m.get('completion_length_mean'), '.0f')}"
                      f" ({num(m.get('completion_length_min'), '.0f')}–{num(m.get('completion_length_max'), '.0f')})"
                      f"  truncated {pct(m.get('truncated_fraction'))}")
