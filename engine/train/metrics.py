@@ -22,10 +22,15 @@ def reward_metrics(scores: RewardScores, group_size: int) -> dict[str, float]:
     return out
 
 
-def zero_spread(scores: RewardScores, group_size: int) -> float:
-    """The fraction of groups whose completions all scored the same weighted total (they teach nothing)."""
+def alike_groups(scores: RewardScores, group_size: int) -> np.ndarray:
+    """bool [groups]: every completion of the group scored the same weighted total (it teaches nothing)."""
     groups = np.asarray(scores.total, np.float64).reshape(-1, group_size)
-    return float(np.mean(groups.max(axis=1) - groups.min(axis=1) <= 1e-9))
+    return groups.max(axis=1) - groups.min(axis=1) <= 1e-9
+
+
+def zero_spread(scores: RewardScores, group_size: int) -> float:
+    """The fraction of groups whose completions all scored alike."""
+    return float(np.mean(alike_groups(scores, group_size)))
 
 
 def length_metrics(lengths: np.ndarray, truncated: np.ndarray) -> dict[str, float]:

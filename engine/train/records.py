@@ -16,6 +16,7 @@ import numpy as np
 
 from engine.data.example import Example
 from engine.rewards.scoring import RewardScores
+from engine.train.metrics import alike_groups
 from engine.train.step import SequenceBatch, left_pad
 
 
@@ -75,9 +76,7 @@ def train_groups(scored: ScoredRollout, keep: int) -> ScoredRollout:
     G = r.group_size
     if len(r.examples) <= keep:
         return scored
-    totals = np.asarray(scored.scores.total).reshape(-1, G)
-    alike = totals.max(axis=1) - totals.min(axis=1) <= 1e-9
-    groups = np.argsort(alike, kind="stable")[:keep]
+    groups = np.argsort(alike_groups(scored.scores, G), kind="stable")[:keep]
     rows = (groups[:, None] * G + np.arange(G)[None, :]).ravel()
     rollout = dataclasses.replace(
         r, examples=[r.examples[g] for g in groups], prompts=[r.prompts[g] for g in groups],

@@ -359,8 +359,7 @@ class DashboardScreen(Screen):
             self.set_focus(None)  # a focused widget in the old tab would stay focused while hidden
             self.query_one("#dash-tabs", Tabs).active = f"tab-{name}"
             self._show(name)
-        pane = {"train": "#pane-loss", "system": "#pane-memory", "eval": "#pane-eval", "samples": "#pane-samples",
-                "log": "#pane-log"}.get(name, f"#pane-{name}")
+        pane = "#" + next((pane_id for tab, _, pane_id in PANES if tab == name), f"pane-{name}")   # the tab's first
         try:
             target = self.query_one(pane)
         except NoMatches:
