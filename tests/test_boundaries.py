@@ -51,3 +51,34 @@ def test_engine_never_imports_textual():
             if re.match(r"\s*(import|from)\s+(textual|tunix_tui)\b", line):
                 bad.append(f"{path}:{n}")
     assert not bad
+
+
+def _production_sources() -> dict[Path, str]:
+    return {p: p.read_text() for d in ("engine", "tunix_tui") for p in sorted((ROOT / d).rglob("*.py"))}
+
+
+def test_every_variable_of_ours_the_code_reads_is_documented_or_handed_down_by_our_launcher():
+    """No test-only lever: each TUNIX_TUI_* variable the engine or console names is in the README for users, or is
+    one our own code puts into a child's environment (the launcher's hand-off of the run lock)."""
+    sources = _production_sources()
+    text = "\n".join(sources.values())
+    readme = (ROOT / "README.md").read_text()
+    constants = dict((value, name) for name, value in re.findall(r'^(\w+) = "(TUNIX_TUI_\w+)"', text, re.M))
+    named = set(re.findall(r"TUNIX_TUI_[A-Z0-9_]+", text))
+    assert named, "no variable found: the scan is broken"
+    hidden = [v for v in sorted(named) if v not in readme
+              and not (v in constants and re.search(rf"\[\s*{constants[v]}\s*\]\s*=", text))]
+    assert not hidden, f"read by the code, but neither documented nor set by it: {hidden}"
+
+
+def test_the_package_ships_no_test_helper():
+    """Nothing under engine/ or tunix_tui/ imports pytest, Textual's pilot or the tests, nor is named like a test
+    helper (the console's screen reader for tests lives in tests/screen.py)."""
+    bad = []
+    for path, source in _production_sources().items():
+        if path.stem in ("testing", "conftest") or path.stem.startswith("test_"):
+            bad.append(str(path))
+        for n, line in enumerate(source.splitlines(), 1):
+            if re.match(r"\s*(import|from)\s+(pytest|tests|textual\.pilot|syrupy)\b", line):
+                bad.append(f"{path}:{n}")
+    assert not bad
