@@ -124,6 +124,16 @@ def test_a_reward_function_that_raises_fails_the_run_naming_it_and_keeps_the_wor
     assert [(e["step"], e["reason"]) for e in events if e["type"] == "checkpoint"] == [(1, "error")]
 
 
+def test_prompts_cut_to_fit_the_prompt_length_are_reported(tmp_path):
+    paths = prepare_run(ROOT / "profiles" / "tiny.toml", [
+        "training.num_batches=1", "training.save_interval_steps=0", "eval.final=false",
+        "generation.max_prompt_length=24"], str(tmp_path))
+    assert Trainer(paths.root, install_signals=False).run() == 0
+    warnings = [e["message"] for e in read_events(paths.events) if e["type"] == "log" and e["level"] == "warning"]
+    cut = [w for w in warnings if "training prompts are longer than generation.max_prompt_length = 24" in w]
+    assert len(cut) == 1 and "fits them all" in cut[0], warnings
+
+
 def test_oversampling_samples_more_prompts_than_it_trains_and_reports_them_all(tmp_path):
     paths = prepare_run(ROOT / "profiles" / "tiny.toml", [
         "training.num_batches=2", "training.eval_every_n_steps=0", "training.save_interval_steps=0",

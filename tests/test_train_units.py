@@ -232,6 +232,8 @@ def test_prompt_encoder_width_and_bucket():
     assert enc.ids(short)[0] == tok.bos_id and enc.width([short]) == -(-n // 8) * 8
     assert enc.bucket([short]) == 1 << (n - 1).bit_length()
     assert len(enc.ids(long)) == 64 and enc.width([short, long]) == 64 and enc.bucket([long]) == 64
+    # the cut prompt is remembered with its whole length, for the run's warning
+    assert list(enc.overlong.values()) == [len(tok.encode(enc.text(long), add_bos=True))]
 
 
 # --- evaluation ---------------------------------------------------------------------------------------------------

@@ -316,6 +316,13 @@ class Trainer:
         self.log.status("loading", detail="tokenizing prompts")
         train = self.splits.train
         self.prompt_width = self.encoder.width(train)
+        if self.encoder.overlong:
+            longest = max(self.encoder.overlong.values())
+            self.log.info(f"{len(self.encoder.overlong)} of {len(train)} training prompts are longer than "
+                          f"generation.max_prompt_length = {g.max_prompt_length} tokens (the longest: {longest}): "
+                          f"they keep only their last {g.max_prompt_length} tokens, so the model sees them without "
+                          f"their beginning (the instructions, any worked example); "
+                          f"generation.max_prompt_length = {-(-longest // 8) * 8} fits them all", level="warning")
         self.sampler = self._agreeing(Sampler(
             self.model, self.tokenizer, eos_ids=self.eos_ids, max_prompt_length=g.max_prompt_length,
             max_new_tokens=g.max_generation_steps, min_prompt_bucket=self.encoder.bucket(train),

@@ -45,6 +45,7 @@ class PromptEncoder:
         self.stop_strings = tuple(stop_strings)
         self.stop_ids = stop_token_sequences(tokenizer, self.stop_strings)
         self._cache: dict[str, list[int]] = {}
+        self.overlong: dict[str, int] = {}   # example key -> its whole prompt's length, for those cut to fit
 
     @classmethod
     def for_profile(cls, tokenizer: Any, profile: Any) -> "PromptEncoder":
@@ -70,7 +71,10 @@ class PromptEncoder:
         key = example.id + "\x00" + example.question
         ids = self._cache.get(key)
         if ids is None:
-            ids = self.tokenizer.encode(self.text(example), add_bos=True)[-self.max_prompt_length:]
+            ids = self.tokenizer.encode(self.text(example), add_bos=True)
+            if len(ids) > self.max_prompt_length:
+                self.overlong[key] = len(ids)
+                ids = ids[-self.max_prompt_length:]
             self._cache[key] = ids
         return ids
 
