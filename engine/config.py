@@ -302,6 +302,19 @@ def field_map() -> dict[str, FieldInfo]:
 # Root-level names the reference project (Agent-Tunix) accepts, mapped to ours.
 LEGACY_KEYS = {"seed": "run.seed", "project_name": "run.project_name"}
 
+# The reference project's Hydra config groups, given as overrides: `model=gemma3_1b` picks the model size and
+# `+experiment=quick_test` (or `experiment=...`) a preset of keys; a key given on the command line wins over its
+# preset's value, whatever the order.
+MODEL_GROUPS = {"gemma3_270m": "270m", "gemma3_1b": "1b", "gemma3_4b": "4b"}
+EXPERIMENTS: dict[str, dict[str, Any]] = {
+    "quick_test": {"training.num_batches": 10, "training.micro_batch_size": 1, "generation.max_prompt_length": 64,
+                   "generation.max_generation_steps": 64, "grpo.num_generations": 2, "model.lora_rank": 4},
+    "full_training": {"training.num_batches": 0, "training.num_epochs": 1},   # every batch of the training data
+}
+# Root names the reference project reads that have another home here: the problem names it.
+REFERENCE_NAMES = {"checkpoint_dir": "each run keeps its checkpoints in RUN/checkpoints/; continue one with "
+                   "`tunix-tui resume RUN`"}
+
 # Keys that once existed and now do nothing: a profile (or an older run's frozen profile) may still hold them; they are
 # read past, and `validate` says what replaced them.
 RETIRED_KEYS = {"training.num_test_batches": "eval.final_num_questions sets how many test questions the final "

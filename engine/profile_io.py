@@ -20,8 +20,8 @@ from typing import Any, Iterable
 
 import tomli_w
 
-from engine.config import (BUILTIN_REWARDS, LEGACY_KEYS, MODEL_CONTEXT, RETIRED_KEYS, FieldInfo, Profile,
-                           field_map, section_names)
+from engine.config import (BUILTIN_REWARDS, EXPERIMENTS, LEGACY_KEYS, MODEL_CONTEXT, MODEL_GROUPS, REFERENCE_NAMES,
+                           RETIRED_KEYS, FieldInfo, Profile, field_map, section_names)
 from engine.prompt import TEMPLATE_CHOICES
 
 
@@ -160,11 +160,12 @@ def check_value(fi: FieldInfo, value: Any) -> tuple[Any, str | None]:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """Split `a.b=value`; the value is read as TOML (`0.04`, `true`, `[1, 2]`, `"x"`) or else taken as a string."""
+    """Split `a.b=value`; the value is read as TOML (`0.04`, `true`, `[1, 2]`, `"x"`) or else taken as a string.
+    Hydra's `+` / `++` before a key (`+experiment=quick_test`) are read past."""
     if "=" not in text:
         raise ValueError(f"override {text!r} is not of the form section.key=value")
     key, raw = text.split("=", 1)
-    key = key.strip()
+    key = key.strip().removeprefix("++").removeprefix("+")
     if not key or not re.fullmatch(r"[A-Za-z_][\w.]*", key):
         raise ValueError(f"override {text!r} has no valid key before '='")
     raw = raw.strip()
@@ -255,6 +256,9 @@ def flatten(raw: dict[str, Any], source: str, problems: list[Problem]) -> dict[s
             else:
                 problems.append(Problem(source, top, "expected true or false", value, True))
             continue
+        if top in REFERENCE_NAMES:
+            problems.append(Problem(source, top, f"not a profile key: {REFERENCE_NAMES[top]}"))
+            continue
         if top not in sections or not isinstance(value, dict):
             hint = difflib.get_close_matches(top, sorted(sections), n=1)
             what = "unknown section" if isinstance(value, dict) else "unknown key (keys live in sections)"
@@ -288,6 +292,7 @@ def build_profile(flat: dict[str, Any], source: str, problems: list[Problem],
         if fi is None:
             hint = suggest_key(key)
             what = (f"no longer used: {RETIRED_KEYS[key]}" if key in RETIRED_KEYS
+                    else f"not a profile key: {REFERENCE_NAMES[key]}" if key in REFERENCE_NAMES
                     else "unknown key" + (f"; did you mean {hint}?" if hint else ""))
             problems.append(Problem(where, key, what, value, True))
             continue
@@ -573,24 +578,62 @@ def parse_text(text: str, source: str, overrides: Iterable[str] = (), base: Path
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg)
         raise ProfileError([Problem(source, "", f"TOML syntax error at {where}{msg}")]) from None
     flat = flatten(raw, source, problems)
-    override_keys = set()
+    pairs = []
     for text_ in overrides:
         try:
-            key, value = parse_override(text_)
+            pairs.append(parse_override(text_))
         except ValueError as exc:
             problems.append(Problem("command line", getattr(exc, "key", ""), str(exc)))
-            continue
+    override_keys = set()
+    for key, value in expand_groups(pairs, problems):
         key = LEGACY_KEYS.get(key, key)
         if key == "wandb_disabled" and isinstance(value, bool):
             key, value = "logging.wandb_mode", "disabled" if value else "auto"
         flat[key] = value
         override_keys.add(key)
+    if split_reference_mesh(flat) and "model.mesh_shape" in override_keys:
+        override_keys.add("model.mesh_axes")
     profile = build_profile(flat, source, problems, frozenset(override_keys))
     if not problems:
         problems.extend(cross_check(profile, source, base))
     if problems:
         raise ProfileError(problems)
     return profile
+
+
+def expand_groups(pairs: list[tuple[str, Any]], problems: list[Problem]) -> list[tuple[str, Any]]:
+    """The reference project's config groups among the overrides, as our keys: `model=gemma3_1b` is
+    `model.model_size=1b` and `experiment=quick_test` its preset's keys, put first so that the keys given beside
+    them win."""
+    presets: list[tuple[str, Any]] = []
+    keys: list[tuple[str, Any]] = []
+    for key, value in pairs:
+        if key == "experiment":
+            if isinstance(value, str) and value in EXPERIMENTS:
+                presets.extend(EXPERIMENTS[value].items())
+            else:
+                problems.append(Problem("command line", key, f"unknown experiment; one of {', '.join(EXPERIMENTS)}",
+                                        value, True))
+        elif key == "model":
+            if isinstance(value, str) and value in MODEL_GROUPS:
+                keys.append(("model.model_size", MODEL_GROUPS[value]))
+            else:
+                problems.append(Problem("command line", key, f"unknown model group; one of {', '.join(MODEL_GROUPS)} "
+                                        "(or set model.model_size)", value, True))
+        else:
+            keys.append((key, value))
+    return presets + keys
+
+
+def split_reference_mesh(flat: dict[str, Any]) -> bool:
+    """The reference project's `mesh_shape = [[2, 2], ["fsdp", "tp"]]` (the shape with its axis names) as our
+    `model.mesh_shape` and `model.mesh_axes`; True when it was that form."""
+    value = flat.get("model.mesh_shape")
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, list) for v in value)
+            and value[1] and all(isinstance(name, str) for name in value[1])):
+        return False
+    flat["model.mesh_shape"], flat["model.mesh_axes"] = value
+    return True
 
 
 def retired_notes(path: str | os.PathLike) -> list[str]:

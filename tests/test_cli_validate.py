@@ -92,6 +92,21 @@ def test_valid_profile_prints_the_resolved_profile():
     assert "valid" in res.stdout and "beta = 0.04" in res.stdout and "[optimizer]" in res.stdout
 
 
+def test_overrides_may_follow_a_flag_as_in_hydra(tmp_path: Path):
+    """`run P --multirun k=a,b` (the seed guide's order, and `--sweep`'s alias) and `run P --detach k=v` keep their
+    overrides; an unknown flag is still refused with exit 2."""
+    out = tmp_path / "runs"
+    res = subprocess.run(cli_cmd("--output-dir", str(out), "run", TINY, "--multirun", "grpo.beta=0.0,0.04",
+                                 "+experiment=quick_test", "model=gemma3_270m", "model.weight_source=random"),
+                         capture_output=True, text=True, cwd=ROOT, timeout=60, stdin=subprocess.DEVNULL)
+    assert "sweep of 2 runs over grpo.beta (2)" in res.stdout, res.stdout + res.stderr
+    assert "fixed: +experiment=quick_test model=gemma3_270m" in res.stdout
+    assert res.returncode == 2 and "add --yes" in res.stderr   # no terminal to ask in
+    res = subprocess.run(cli_cmd("run", TINY, "--bogus", "grpo.beta=0.1"), capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert res.returncode == 2 and "unrecognized arguments: --bogus" in res.stderr, res.stderr
+
+
 def test_help_on_every_command():
     for args in (["--help"], ["validate", "--help"], ["run", "--help"], ["ctl", "--help"], ["ls", "--help"],
                  ["resume", "--help"], ["attach", "--help"]):

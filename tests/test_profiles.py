@@ -75,6 +75,25 @@ def test_reference_project_root_keys_are_understood():
     assert (p.run.seed, p.logging.wandb_mode, p.run.project_name) == (7, "disabled", "x")
 
 
+def test_reference_project_groups_and_mesh_form_are_understood():
+    """The seed guide's `model=gemma3_1b`, `+experiment=quick_test` and `mesh_shape=[[2,2],["fsdp","tp"]]`; a key
+    given beside a preset wins over it whatever the order."""
+    p = parse_text("", "x.toml", ["training.num_batches=5", "+experiment=quick_test", "model=gemma3_4b",
+                                  'model.mesh_shape=[[2, 2], ["tp", "fsdp"]]'])
+    assert (p.model.model_size, p.training.num_batches, p.training.micro_batch_size, p.grpo.num_generations,
+            p.model.lora_rank, p.generation.max_generation_steps) == ("4b", 5, 1, 2, 4, 64)
+    assert (p.model.mesh_shape, p.model.mesh_axes) == ([2, 2], ["tp", "fsdp"])
+    assert parse_text("", "x.toml", ["experiment=full_training"]).training.num_batches == 0
+    f = parse_text('[model]\nmesh_shape = [[1, 4], ["fsdp", "tp"]]\n', "x.toml")
+    assert (f.model.mesh_shape, f.model.mesh_axes) == ([1, 4], ["fsdp", "tp"])
+    with pytest.raises(ProfileError) as exc:
+        parse_text("checkpoint_dir = 'x'\n", "x.toml", ["experiment=long", "model=llama", "checkpoint_dir=y"])
+    text = str(exc.value)
+    assert "experiment = \"long\": unknown experiment; one of quick_test, full_training" in text
+    assert "model = \"llama\": unknown model group; one of gemma3_270m, gemma3_1b, gemma3_4b" in text
+    assert text.count("tunix-tui resume RUN") == 2, text  # the file's checkpoint_dir and the command line's
+
+
 def test_every_field_has_help_and_a_valid_default():
     from engine.profile_io import check_value
     for fi in iter_fields():

@@ -361,8 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("profile")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. training.micro_batch_size=1")
     p.add_argument("--detach", action="store_true", help="return at once; the engine runs in the background")
-    p.add_argument("--sweep", action="store_true", help="one run per combination of comma-separated values, "
-                   "e.g. grpo.beta=0.0,0.04 optimizer.learning_rate=1e-6,3e-6 (a queue that outlives the terminal)")
+    p.add_argument("--sweep", "--multirun", "-m", dest="sweep", action="store_true",
+                   help="one run per combination of comma-separated values, e.g. grpo.beta=0.0,0.04 "
+                   "optimizer.learning_rate=1e-6,3e-6 (a queue that outlives the terminal; --multirun and -m as in "
+                   "Hydra)")
     p.add_argument("--yes", action="store_true", help="with --sweep: start without asking")
     p.add_argument("--parallel", type=int, default=1, metavar="N", help="with --sweep: runs at a time (default 1)")
     add_distributed_arguments(p)
@@ -409,7 +411,13 @@ def main(argv: list[str] | None = None) -> int:
                    for i, a in enumerate(argv[:idx])):
                 args = parser.parse_args(argv[:idx])
                 return fn(args, argv[idx + 1:])
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides after a flag (`run P --detach a=1`): argparse ends a list of positionals at the flag
+        if isinstance(getattr(args, "overrides", None), list) and all("=" in a and not a.startswith("-")
+                                                                       for a in extra):
+            args.overrides.extend(extra)
+        else:
+            parser.parse_args(argv)  # its own message about what it did not recognise, exit 2
     args.output_dir_given = args.output_dir is not None
     args.output_dir = args.output_dir if args.output_dir_given else "runs"
     handlers = {"validate": cmd_validate, "ls": cmd_ls, "show": cmd_show, "run": cmd_run, "resume": cmd_resume,
