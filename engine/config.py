@@ -37,6 +37,7 @@ class RunSection:
     output_dir: str = spec("runs", "Folder that holds one sub-folder per run (relative to the working directory).")
     seed: int = spec(42, "Seed for data order, LoRA initialisation and sampling.", min=0)
     project_name: str = spec("tunix-grpo", "Project name (W&B project, run listing).")
+    tags: list[str] = spec([], "Labels of the run, to find it again: W&B tags; `tunix-tui show` prints them.")
 
 
 @dataclass

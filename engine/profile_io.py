@@ -668,7 +668,7 @@ def load_profile(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Prof
 # Keys that do not change what training computes (names, places, cadences, logging, evaluation, how the work is laid
 # out on devices): a resume may change them freely. Every other key is in a checkpoint's fingerprint.
 NEUTRAL_KEYS = frozenset({
-    "run.name", "run.output_dir", "run.project_name",
+    "run.name", "run.output_dir", "run.project_name", "run.tags",
     "model.mesh_shape", "model.mesh_axes",
     "training.eval_every_n_steps", "training.save_interval_steps",
     "training.max_checkpoints_to_keep", "training.logprob_chunk_size", "training.max_nonfinite_steps",

@@ -101,6 +101,18 @@ def test_text_report_names_the_essentials(run: FakeEngine):
     assert "probes at step 8: ✓8, ✗8" in text
 
 
+def test_the_profiles_tags_are_shown(tmp_path: Path):
+    from engine.profile_io import dumps, parse_text
+    frozen = dumps(parse_text('[run]\ntags = ["lr-sweep", "rank-16"]\n', "p.toml"))   # as `run` freezes it
+    eng = FakeEngine.create(tmp_path / "runs", "20260101-070000-tagged", profile_toml=frozen)
+    eng.started(5)
+    r = report(eng.paths.root, cache_dir=None)
+    assert r["tags"] == ["lr-sweep", "rank-16"] and validate(r, SHOW_SCHEMA) == []
+    assert "tags: lr-sweep, rank-16" in render(r).splitlines()[1]
+    (eng.paths.root / "profile.toml").write_text("[run\n")   # unreadable: no tags, still a report
+    assert report(eng.paths.root, cache_dir=None)["tags"] == []
+
+
 def test_show_of_a_failed_run_and_an_empty_one(tmp_path: Path):
     eng = FakeEngine.create(tmp_path / "runs", "20260101-090000-demo")
     eng.started(20)

@@ -109,7 +109,8 @@ def test_an_offline_run_holds_everything_for_wandb_sync(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     problems: list[str] = []
     logger = WandbLogger("offline", project="tunix-grpo", run_name="20260101-000000-tiny", run_dir=tmp_path,
-                         config={"grpo": {"beta": 0.04}}, resume=False, on_problem=problems.append)
+                         config={"grpo": {"beta": 0.04}}, resume=False, on_problem=problems.append,
+                         tags=["lr-sweep", "rank-16"])
     assert logger.active, problems
     _drive(logger)
     assert not problems
@@ -121,11 +122,13 @@ def test_an_offline_run_holds_everything_for_wandb_sync(monkeypatch, tmp_path):
     assert "reward/check_answer" in table["columns"] and len(table["data"]) == 2
     deadline = time.monotonic() + 120
     while True:   # wandb's service process writes the file; under load the last records may come a little later
-        history, summary, kinds = [], {}, set()
+        history, summary, kinds, tags = [], {}, set(), []
         for record in wandb_records(wandb_file):
             kind = record.WhichOneof("record_type")
             kinds.add(kind)
-            if kind == "history":
+            if kind == "run":
+                tags = list(record.run.tags)
+            elif kind == "history":
                 history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                                 for item in record.history.item})
             elif kind == "summary":
@@ -135,6 +138,7 @@ def test_an_offline_run_holds_everything_for_wandb_sync(monkeypatch, tmp_path):
             break
         time.sleep(1.0)
     assert {"run", "history", "summary", "exit"} <= kinds          # a complete run, as `wandb sync` reads it
+    assert tags == ["lr-sweep", "rank-16"]                          # run.tags
     assert [h["_step"] for h in history if "train/loss" in h] == [1, 2]
     assert all(h["rewards/check_answer"] == 1.5 and h["completions/_type"] == "table-file"
                for h in history if "train/loss" in h)

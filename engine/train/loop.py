@@ -395,7 +395,7 @@ class Trainer:
         if p.logging.wandb_mode == "auto" and mode == "disabled":
             log.info("W&B disabled (auto: no key configured)")
         self.wandb = WandbLogger(mode, project=p.run.project_name, run_name=self.paths.run_id,
-                                 run_dir=self.paths.root, config=to_dict(p), resume=resumed,
+                                 run_dir=self.paths.root, config=to_dict(p), resume=resumed, tags=list(p.run.tags),
                                  on_problem=lambda msg: self.log.info(msg, level="warning"))
         self.log.listeners.append(self.wandb.on_event)   # evaluations paired with their baseline
 

@@ -49,7 +49,7 @@ class WandbLogger:
     """Sends step metrics, evaluations and a samples table to W&B (if enabled)."""
 
     def __init__(self, mode: str, *, project: str, run_name: str, run_dir: Path, config: dict[str, Any],
-                 resume: bool, on_problem: Callable[[str], None]):
+                 resume: bool, on_problem: Callable[[str], None], tags: list[str] | None = None):
         self.mode = mode
         self.on_problem = on_problem
         self._run: Any = None
@@ -65,7 +65,7 @@ class WandbLogger:
 
             self._wandb = wandb
             self._run = wandb.init(project=project, name=run_name, id=run_name.replace("/", "-")[:120],
-                                   dir=str(run_dir), config=config, mode=mode,
+                                   dir=str(run_dir), config=config, mode=mode, tags=tags or None,
                                    resume="allow" if resume else None, reinit="create_new")
         except Exception as exc:  # noqa: BLE001 - anything from wandb disables it, never the run
             self._fail(f"W&B ({mode}) could not start, continuing without it: {type(exc).__name__}: {exc}")

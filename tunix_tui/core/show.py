@@ -8,6 +8,7 @@ goes away; new keys may be added). Times are unix seconds, sizes bytes, fraction
 from __future__ import annotations
 
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,13 @@ SHOW_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "tunix-tui show --json",
     "type": "object",
-    "required": ["schema", "run_id", "path", "profile", "status", "alive", "pid", "host", "step", "total_steps",
+    "required": ["schema", "run_id", "path", "profile", "tags", "status", "alive", "pid", "host", "step", "total_steps",
                  "epoch", "started", "last_event", "elapsed_s", "seconds_per_step", "eta_s", "metrics", "mesh",
                  "memory", "evals", "alerts", "alert_count", "checkpoints", "errors", "probes", "skipped_lines"],
     "properties": {
         "schema": {"type": "integer", "const": SHOW_SCHEMA_VERSION},
         "run_id": _STR, "path": _STR, "profile": _STR,
+        "tags": {"type": "array", "items": _STR, "description": "the profile's run.tags"},
         "status": {"type": "string", "description": "a protocol status, or waiting / dead / deleted"},
         "alive": {"type": ["boolean", "null"]},
         "pid": _INT, "host": _STR,
@@ -99,6 +101,15 @@ def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value else None
 
 
+def profile_tags(run_dir: Path) -> list[str]:
+    """The run's `run.tags`, from its frozen profile ([] when it has none or cannot be read)."""
+    try:
+        tags = tomllib.loads(RunPaths(Path(run_dir)).profile.read_text(encoding="utf-8")).get("run", {}).get("tags")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+        return []
+    return [printable(str(t)) for t in tags] if isinstance(tags, list) else []
+
+
 def report(run_dir: Path, *, now: float | None = None, cache_dir: Path | str | None = "user") -> dict[str, Any]:
     """The summary of a run as a JSON-ready dict (`SHOW_SCHEMA`)."""
     state = fold_run(run_dir, cache_dir=cache_dir)
@@ -112,6 +123,7 @@ def report(run_dir: Path, *, now: float | None = None, cache_dir: Path | str | N
         "run_id": state.run_id,
         "path": str(RunPaths(Path(run_dir)).root),
         "profile": state.profile_name,
+        "tags": profile_tags(run_dir),
         "status": state.display_status,
         "alive": alive,
         "pid": state.pid if isinstance(state.pid, int) else None,
@@ -157,6 +169,8 @@ def render(r: dict[str, Any], *, evals: int = 5, alerts: int = 5) -> str:
     who = f"engine pid {r['pid']} on {r['host']}" if r["pid"] else "no engine seen"
     profile = f" (profile {r['profile']})" if r["profile"] else ""
     lines.append(f"run {r['run_id']}{profile}: {r['status']}" + (f" · {who}" if r["alive"] else ""))
+    if r.get("tags"):
+        lines.append("tags: " + ", ".join(r["tags"]))
     step = f"{r['step']}/{r['total_steps']}" if r["total_steps"] else str(r["step"])
     share = f" ({pct(r['step'] / r['total_steps'])})" if r["total_steps"] else ""
     parts = [f"step {step}{share}"]
