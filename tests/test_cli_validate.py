@@ -105,6 +105,8 @@ def test_overrides_may_follow_a_flag_as_in_hydra(tmp_path: Path):
     res = subprocess.run(cli_cmd("run", TINY, "--bogus", "grpo.beta=0.1"), capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
     assert res.returncode == 2 and "unrecognized arguments: --bogus" in res.stderr, res.stderr
+    res = subprocess.run(cli_cmd("run"), capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert res.returncode == 2 and res.stderr.rstrip().endswith("required: profile"), res.stderr  # not overrides
 
 
 def test_help_on_every_command():

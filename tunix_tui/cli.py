@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a profile and print it resolved")
     p.add_argument("profile", help="a .toml profile")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.beta=0.04")
+    p.add_argument("overrides", nargs="*", default=[], help="key=value overrides, e.g. grpo.beta=0.04")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the verdict")
 
     sub.add_parser("ls", help="list runs with their status")
@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="start a training run (headless: one line per step)")
     p.add_argument("profile")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. training.micro_batch_size=1")
+    p.add_argument("overrides", nargs="*", default=[], help="key=value overrides, e.g. training.micro_batch_size=1")
     p.add_argument("--detach", action="store_true", help="return at once; the engine runs in the background")
     p.add_argument("--sweep", "--multirun", "-m", dest="sweep", action="store_true",
                    help="one run per combination of comma-separated values, e.g. grpo.beta=0.0,0.04 "
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # overrides after a flag (`run P --detach a=1`): argparse ends a list of positionals at the flag
         if isinstance(getattr(args, "overrides", None), list) and all("=" in a and not a.startswith("-")
                                                                        for a in extra):
-            args.overrides.extend(extra)
+            args.overrides = [*args.overrides, *extra]   # (a new list: the default one is shared)
         else:
             parser.parse_args(argv)  # its own message about what it did not recognise, exit 2
     args.output_dir_given = args.output_dir is not None
