@@ -41,7 +41,7 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "sample": ("step", "prompt", "answer", "completions"),
     "partial": ("step", "tokens_done", "max_tokens", "texts", "lengths", "done"),
     "eval": ("step", "split", "num_questions", "accuracy", "partial_accuracy", "format_accuracy", "preset",
-             "examples", "source", "report"),
+             "examples", "items", "source", "report"),
     "compile": ("step", "program", "seconds", "phase_seconds", "cache_hits", "cache_misses", "cache"),
     "summary": ("status", "step", "total_steps", "wall_seconds", "elapsed_seconds", "steps_this_process",
                 "step_seconds", "final_reward", "recent_reward", "best_reward", "best_reward_step", "baseline_eval",
@@ -86,8 +86,10 @@ STEP_METRICS = (
 # cache, `phase_seconds` the whole phase that first used it, and `cache`: "hit" (loaded, not compiled), "miss"
 # (compiled, then written to the cache), "partial", "none" (nothing slow enough to cache) or "off". `run_started`
 # names the cache folder in `compile_cache` (null when off).
-# An "eval" event written for a command-line `tunix-tui eval` has `source: "cli"` and `report` (its JSON file with
-# every question); those of the run itself have no `source`. It can arrive after the run ended.
+# An "eval" event's `items` are [question id, correct (0/1), format correct (0/1)] for every question answered: the
+# console and the loggers pair them with the split's first evaluation. One written for a command-line `tunix-tui
+# eval` has `source: "cli"` and `report` (its JSON file with every question); those of the run itself have no
+# `source`. It can arrive after the run ended.
 # A "summary" event closes a finished or stopped run, just before its final status: `status`, `step` /
 # `total_steps`, `wall_seconds` (this engine process), `elapsed_seconds` (since the run's first event, pauses and
 # stops included), `steps_this_process`, `step_seconds` (mean of this process's steady steps), `final_reward` (the

@@ -193,3 +193,27 @@ def test_the_one_line_parser_takes_events_only():
     for raw in (b"", b"{", b"[1, 2]", b'{"seq": 1}', b'{"type": 5, "seq": 1}', b'{"type":"step"}',
                 b"\x00\xffnot an event", b"[" * 100000):
         assert parse_event(raw) is None, raw
+
+
+def test_the_engine_writes_and_the_console_reads_the_declared_schema():
+    """EVENT_TYPES is the one schema: every event the engine emits by name carries only the keys declared for its
+    type, and the console's run state has a handler for exactly the declared types."""
+    import ast
+
+    from tunix_tui.core.runstate import _HANDLERS
+
+    sites = 0
+    undeclared = []
+    for path in sorted((Path(__file__).resolve().parent.parent / "engine").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "emit"
+                    and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+                continue
+            sites += 1
+            kind = node.args[0].value
+            extra = [k.arg for k in node.keywords if k.arg and k.arg not in EVENT_TYPES.get(kind, ())]
+            if kind not in EVENT_TYPES or extra:
+                undeclared.append(f"{path.name}:{node.lineno} {kind} {extra}")
+    assert sites >= 10, "the scan found too few emit calls: it is broken"
+    assert not undeclared, undeclared
+    assert set(_HANDLERS) == set(EVENT_TYPES)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.launch import prepare_run
-from engine.protocol import HEADER_BYTES, STEP_MEMORY_MARK, STEP_METRICS, STEP_METRICS_MARK, TYPE_MARK, read_events
+from engine.protocol import EVENT_TYPES, HEADER_BYTES, STEP_MEMORY_MARK, STEP_METRICS, STEP_METRICS_MARK, TYPE_MARK, read_events
 from engine.train.checkpoints import CheckpointStore
 from engine.train.loop import Trainer
 from engine.train.setup import COMPILE_CACHE_ENV
@@ -37,6 +37,10 @@ def test_event_stream_of_a_short_run(tmp_path):
     events = read_events(paths.events)
     types = [e["type"] for e in events]
     assert types.index("data_info") < types.index("run_started") < types.index("step")
+    # every event carries only the keys engine.protocol declares for its type (besides the header)
+    undeclared = {(e["type"], k) for e in events for k in e if k not in ("v", "seq", "t", "type")
+                  and k not in EVENT_TYPES[e["type"]]}
+    assert not undeclared, undeclared
 
     steps = [e for e in events if e["type"] == "step"]
     assert [e["step"] for e in steps] == [1, 2, 3] and all(e["total_steps"] == 3 for e in steps)
