@@ -181,6 +181,14 @@ def restore_last(model: Any, run_dir: Path) -> int:
     return step
 
 
+def training_seconds(run_dir: Path) -> float:
+    """The run's steps' own time (`time_step` summed): the training, without loading the model or pauses."""
+    from engine.protocol import read_events
+
+    return sum(float(e["metrics"].get("time_step") or 0.0) for e in read_events(run_dir / "events.jsonl")
+               if e["type"] == "step" and isinstance(e.get("metrics"), dict))
+
+
 def table(result: dict[str, Any]) -> str:
     rows = [f"{'set':8} {'outcome':20} {'before':>7} {'after':>7} {'diff (95% CI)':>24} {'gained':>6} {'lost':>5}"]
     for name, part in result["sets"].items():
@@ -248,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         run_dir, timings["train_wall_s"] = train(args.profile, args.seed, args.overrides, out_dir,
                                                  out_dir / f"learning-seed{args.seed}.log")
+    timings["train_steps_s"] = training_seconds(run_dir)   # wall time less loading and pauses
     step = restore_last(model, run_dir)
     t0 = time.perf_counter()
     after = {k: evaluate_set(model, tokenizer, profile, v, max_tokens=max_tokens, batch=args.batch)

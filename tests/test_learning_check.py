@@ -53,3 +53,5 @@ def test_a_few_steps_raise_the_held_out_strict_format_rate(tmp_path):
     assert strict["after"] - strict["before"] >= MARGIN, strict
     curves = result["reward_curves"]
     assert len(curves["reward/match_format_exactly"]) == 8 and len(curves["reward_mean"]) == 8
+    timings = result["timings"]
+    assert 0 < timings["train_steps_s"] < timings["train_wall_s"]   # the steps' own time, loading left out
