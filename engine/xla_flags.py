@@ -12,7 +12,8 @@ for the versions it was checked on, and never when the user's XLA_FLAGS already 
 from __future__ import annotations
 
 import os
-from importlib import metadata
+from importlib.util import find_spec
+from pathlib import Path
 from typing import MutableMapping
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
@@ -21,7 +22,18 @@ YNN_CHECKED_JAXLIB = frozenset({"0.10.2"})   # where the flag exists and the wor
 
 
 def jaxlib_version() -> str | None:
-    """The installed jaxlib's version, read from its package metadata (None when it is not installed)."""
+    """The installed jaxlib's version (None when it is not installed): from the name of the `jaxlib-VERSION.dist-info`
+    folder an installer puts beside the package, else from its package metadata. The folder is looked up first
+    because every process that imports `engine` comes here, the console's too, and `importlib.metadata` alone takes
+    tens of milliseconds to import."""
+    spec = find_spec("jaxlib")
+    if spec is None:
+        return None
+    for folder in spec.submodule_search_locations or ():
+        infos = sorted(Path(folder).parent.glob("jaxlib-*.dist-info"))
+        if len(infos) == 1:
+            return infos[0].name.removeprefix("jaxlib-").removesuffix(".dist-info")
+    from importlib import metadata
     try:
         return metadata.version("jaxlib")
     except metadata.PackageNotFoundError:

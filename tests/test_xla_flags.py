@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.xla_flags import YNN_FLAG, YNN_FUSIONS, with_workarounds
+from engine.xla_flags import YNN_FLAG, YNN_FUSIONS, jaxlib_version, with_workarounds
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,6 +21,15 @@ def test_the_flag_is_added_only_on_checked_jaxlib_versions_and_never_over_the_us
     assert with_workarounds("", None) == ""
     mine = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE"
     assert with_workarounds(mine, "0.10.2") == mine       # the user's own choice stands
+
+
+def test_the_jaxlib_version_is_the_installed_one_and_found_without_importlib_metadata():
+    from importlib import metadata
+    assert jaxlib_version() == metadata.version("jaxlib")
+    probe = "import sys, engine; print('importlib.metadata' in sys.modules, engine.xla_flags.jaxlib_version())"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["False", metadata.version("jaxlib")], done.stderr[-2000:]
 
 
 # The backward pass that crashed XLA's CPU backend (YNNPACK's AVX-512 dot wrote through a null pointer): the tiny
