@@ -364,7 +364,8 @@ async def test_the_layout_follows_the_terminal_size_without_rebuilding_the_panes
         await wait_until(pilot, lambda: dash(app).mode == "wide")
         assert shown() == {"pane-loss", "pane-reward", "pane-eval", "pane-memory", "pane-timing", "pane-log",
                            "pane-samples"}
-        assert not dash(app).query_one("#dash-tabs").display
+        assert not any(w.display for w in dash(app).query("#dash-tabs"))   # no tab strip
+        assert "pane-host" not in panes   # a view's pane is mounted when its tab is first shown
         assert app.focused is not None and app.focused.id == "samples-table"   # ↑/↓ move through the samples
 
         await pilot.resize_terminal(160, 30)   # wide but short: tabs
@@ -378,7 +379,8 @@ async def test_the_layout_follows_the_terminal_size_without_rebuilding_the_panes
         await wait_until(pilot, lambda: dash(app).mode == "wide")
         await pilot.pause(0.1)
         assert "pane-host" not in shown() and len(shown()) == 7
-        assert {w.id: w for w in dash(app).query("#dash-grid > Pane")} == panes   # the same widgets throughout
+        now = {w.id: w for w in dash(app).query("#dash-grid > Pane")}
+        assert {i: now[i] for i in panes} == panes and "pane-host" in now   # the same widgets throughout, and the view
 
 
 async def test_an_oversampled_step_shows_how_alike_the_trained_groups_were(tmp_path: Path):

@@ -1,9 +1,10 @@
 """The run dashboard: live from the event stream, with keys to pause, checkpoint, stop and resume.
 
 A thread worker folds new events into the follower's `RunState`; a timer redraws the panes whose part changed, at
-most `redraw_interval` apart, inside one `batch_update`. The panes are composed once; the screen's breakpoint classes
-lay them out (app.tcss): narrow or short terminals show one tab's panes under a tab strip, wide ones (from 150
-columns and 40 lines) all at once. Leaving the dashboard never stops the engine.
+most `redraw_interval` apart, inside one `batch_update`. The panes are composed once (a view's when its tab is first
+shown); the screen's breakpoint classes lay them out (app.tcss): narrow or short terminals show one tab's panes under
+a tab strip (mounted the first time the screen is narrow), wide ones (from 150 columns and 40 lines) all at once.
+Leaving the dashboard never stops the engine.
 """
 
 from __future__ import annotations
@@ -47,12 +48,25 @@ console never stops the engine.
 """
 
 
-PANES = (  # (tab, pane class, id); the views (VIEWS) follow, one tab each, and show in the wide grid only by key
+PANES = (  # (tab, pane class, id); each view (VIEWS) has a tab of its own, its pane mounted when first shown
     ("train", LossPane, "pane-loss"), ("train", RewardPane, "pane-reward"), ("eval", EvalPane, "pane-eval"),
     ("system", MemoryPane, "pane-memory"), ("system", TimingPane, "pane-timing"), ("log", LogPane, "pane-log"),
     ("samples", SamplesPane, "pane-samples"))
 TAB_LABELS = {"train": "Train", "system": "System", "eval": "Eval", "samples": "Samples", "log": "Log",
               **{name: label for name, (label, _) in VIEWS.items()}}
+
+
+def tab_strip() -> Tabs:
+    """The narrow dashboard's tabs, "1 Train" to "9 Host"."""
+    return Tabs(*(Tab(f"{i + 1} {TAB_LABELS[name]}", id=f"tab-{name}") for i, name in enumerate(TABS)), id="dash-tabs")
+
+
+BREAKPOINTS = ([(0, "-narrow"), (WIDE_MIN[0], "-wide")], [(0, "-short"), (WIDE_MIN[1], "-tall")])  # columns, lines
+
+
+def layout_classes(size: tuple[int, int]) -> tuple[str, ...]:
+    """The breakpoint classes Textual gives the dashboard at `size` (columns, lines)."""
+    return tuple(max(point for point in points if extent >= point[0])[1] for extent, points in zip(size, BREAKPOINTS))
 
 
 class DashboardScreen(Screen):
@@ -86,11 +100,12 @@ class DashboardScreen(Screen):
                 "samples again", id="dashboard.samples-latest"),
     ]
 
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (WIDE_MIN[0], "-wide")]
-    VERTICAL_BREAKPOINTS = [(0, "-short"), (WIDE_MIN[1], "-tall")]
+    AUTO_FOCUS = ".-wide.-tall #samples-table, .-narrow #dash-tabs, .-short #dash-tabs"  # as _focus_samples
+    HORIZONTAL_BREAKPOINTS, VERTICAL_BREAKPOINTS = BREAKPOINTS
 
     def __init__(self, run_dir: Path, *, known_pid: int | None = None, follower: Follower | None = None):
         super().__init__()
+        self.add_class(*layout_classes(self.app.size), update=False)  # styled for its size from the start
         self.run_dir = Path(run_dir)
         self.follower = follower or Follower(self.run_dir, known_pid=known_pid)
         self._state: RunState | None = None
@@ -105,14 +120,13 @@ class DashboardScreen(Screen):
     # -- life cycle --------------------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
+        self._start_following()  # the run's latest state is folded meanwhile
         yield RunHeader(id="run-header")
-        yield Tabs(*(Tab(f"{i + 1} {TAB_LABELS[name]}", id=f"tab-{name}") for i, name in enumerate(TABS)),
-                   id="dash-tabs")
+        if self.mode == "narrow":
+            yield tab_strip()
         with Container(id="dash-grid"):
             for tab, pane, pane_id in PANES:
                 yield pane(id=pane_id, classes=f"in-{tab}")
-            for name, (_, pane) in VIEWS.items():
-                yield pane(id=f"pane-{name}", classes=f"in-{name} view")
         yield Footer()
 
     @property
@@ -120,12 +134,15 @@ class DashboardScreen(Screen):
         """"wide" (every pane at once) or "narrow" (one tab's panes), as the breakpoint classes say."""
         return "wide" if self.has_class("-wide") and self.has_class("-tall") else "narrow"
 
-    def on_mount(self) -> None:
+    def _start_following(self) -> None:
+        """Start the worker thread that reads the run (see `_follow`)."""
         self.follower.clock = self.app.clock
         self.follower.on_swap = self._redraw_now
-        self._show("train")
         self.run_worker(self._follow, thread=True, exclusive=True, group="follow", exit_on_error=False,
                         name=f"follow {self.run_dir.name}")
+
+    def on_mount(self) -> None:
+        self._show("train")
         self.set_interval(self.app.redraw_interval, self.redraw)
         self.app.theme_changed_signal.subscribe(self, self.redraw_all)
 
@@ -149,14 +166,22 @@ class DashboardScreen(Screen):
         self.follower.run(self.following_ended, lambda: self.app.poll_interval)
 
     def on_resize(self, event: events.Resize) -> None:
-        """The breakpoint classes are set by now: draw everything at the new size."""
+        """The breakpoint classes are set by now: draw everything at the new size (narrow for the first time: with
+        the tab strip, which a wide dashboard never needs)."""
+        if self.mode == "narrow" and not self.query_children("#dash-tabs"):
+            self.mount(tab_strip(), before="#dash-grid")
         self.redraw_everything = True
         self.call_after_refresh(self.redraw)
         self.call_after_refresh(self._focus_samples)
 
     def _show(self, name: str) -> None:
-        """Narrow: show tab `name`'s panes (the wide grid ignores the mark and never shows the views)."""
-        for pane in self.query_one("#dash-grid", Container).children:
+        """Narrow: show tab `name`'s panes (the wide grid ignores the mark and never shows the views). A view's pane
+        is mounted the first time its tab is shown, and kept."""
+        grid = self.query_one("#dash-grid", Container)
+        if name in VIEWS and not grid.query_children(f"#pane-{name}"):
+            grid.mount(VIEWS[name][1](id=f"pane-{name}", classes=f"in-{name} view"))
+            self.call_after_refresh(self.redraw_all)
+        for pane in grid.children:
             pane.set_class(pane.has_class(f"in-{name}"), "shown")
 
     def _drawn(self, pane: Pane) -> bool:

@@ -211,14 +211,15 @@ class ConfigPane(ScrollPane):
             mtime = os.stat(path).st_mtime
         except OSError:
             mtime = -1.0
-        if self._read == (path, mtime, self.app.theme):  # drawn already (colours follow the theme)
+        read = (path, mtime, self.app.theme)
+        if self._read == read:  # drawn already (colours follow the theme)
             return
-        self._read = (path, mtime, self.app.theme)
         config, problem = run_config(path.parent)
         t = Text()
         if problem:
             t.append(problem, style=self.style("$error"))
             self.show(t)
+            self._read = read
             return
         d = defaults()
         config = {**d, **config}  # a profile written by hand may leave keys out: they have their defaults
@@ -241,6 +242,7 @@ class ConfigPane(ScrollPane):
                 t.append(f"\n[{sec}]\n" if sec else "\n", style="bold")
             t.append(f"{name} = {printable(show(config[key]))}\n", style=hi if key in changed else "dim")
         self.show(t)
+        self._read = read  # once shown: a pane not composed yet raises before, and is drawn again next time
 
 
 # ---------------------------------------------------------------------------------------------------------------
