@@ -1,8 +1,8 @@
 """The run dashboard: live from the event stream, with keys to pause, checkpoint, stop and resume.
 
 A thread worker folds new events into the follower's `RunState`; a timer redraws the panes whose part changed, at
-most `redraw_interval` apart, inside one `batch_update`. The panes are composed once (a view's when its tab is first
-shown); the screen's breakpoint classes lay them out (app.tcss): narrow or short terminals show one tab's panes under
+most `redraw_interval` apart, inside one `batch_update`. The panes are composed once (the views' after the run's first
+draw); the screen's breakpoint classes lay them out (app.tcss): narrow or short terminals show one tab's panes under
 a tab strip (mounted the first time the screen is narrow), wide ones (from 150 columns and 40 lines) all at once.
 Leaving the dashboard never stops the engine.
 """
@@ -48,7 +48,7 @@ console never stops the engine.
 """
 
 
-PANES = (  # (tab, pane class, id); each view (VIEWS) has a tab of its own, its pane mounted when first shown
+PANES = (  # (tab, pane class, id); each view (VIEWS) has a tab of its own, its pane mounted after the first draw
     ("train", LossPane, "pane-loss"), ("train", RewardPane, "pane-reward"), ("eval", EvalPane, "pane-eval"),
     ("system", MemoryPane, "pane-memory"), ("system", TimingPane, "pane-timing"), ("log", LogPane, "pane-log"),
     ("samples", SamplesPane, "pane-samples"))
@@ -174,15 +174,25 @@ class DashboardScreen(Screen):
         self.call_after_refresh(self.redraw)
         self.call_after_refresh(self._focus_samples)
 
-    def _show(self, name: str) -> None:
-        """Narrow: show tab `name`'s panes (the wide grid ignores the mark and never shows the views). A view's pane
-        is mounted the first time its tab is shown, and kept."""
+    def _mount_views(self, *names: str) -> None:
+        """Mount the panes of the views `names` (default: all) not mounted yet, hidden, and draw them. They wait for
+        the first draw of the run, which they would slow (and the wide grid never shows them)."""
         grid = self.query_one("#dash-grid", Container)
-        if name in VIEWS and not grid.query_children(f"#pane-{name}"):
-            grid.mount(VIEWS[name][1](id=f"pane-{name}", classes=f"in-{name} view"))
+        new = [VIEWS[name][1](id=f"pane-{name}", classes=f"in-{name} view") for name in names or VIEWS
+               if not grid.query_children(f"#pane-{name}")]
+        if new:
+            grid.mount_all(new)
             self.call_after_refresh(self.redraw_all)
+
+    def _show(self, name: str) -> None:
+        """Narrow: show tab `name`'s panes (the wide grid ignores the mark and never shows the views)."""
+        if name in VIEWS:
+            self._mount_views(name)   # shown before the run's first draw
+        grid = self.query_one("#dash-grid", Container)
         for pane in grid.children:
             pane.set_class(pane.has_class(f"in-{name}"), "shown")
+        self.redraw_everything = True   # at the shown panes' sizes (the views fit their text to the width)
+        self.call_after_refresh(self.redraw)
 
     def _drawn(self, pane: Pane) -> bool:
         """Whether redraws keep `pane` current: every pane but the views while wide, where the grid never shows them
@@ -274,6 +284,8 @@ class DashboardScreen(Screen):
             if not state.dirty:
                 self.drawn_version = state.version
             self.redraws += 1
+            if self.redraws == 1:
+                self.call_after_refresh(self._mount_views)
             self._toast_alerts(state)
 
     # -- keys --------------------------------------------------------------------------------------------------
